@@ -1,0 +1,1 @@
+"""The ``edgedml`` command line (installed as ``edgedml.cli``): thin commands over the library."""

@@ -1,0 +1,90 @@
+"""edgedml train: train an embedding model; every option is also a key of --config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgedml.cli.common import (
+    DataOption,
+    JsonOption,
+    console,
+    fail,
+    library_errors,
+    metric_rows,
+    metrics_table,
+    print_json,
+    setup_logging,
+)
+
+
+def train(
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory to write (required for a new run).")] = None,
+    data: DataOption = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML file whose keys are these options.")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
+    loss: Annotated[str | None, typer.Option("--loss", help="shadow | triplet | contrastive | multisimilarity.")] = None,
+    mining: Annotated[str | None, typer.Option("--mining", help="all | hard | semihard triplets (shadow, triplet).")] = None,
+    margin: Annotated[float | None, typer.Option("--margin", help="Triplet margin.")] = None,
+    normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="Shadow: L2-normalize before the loss.")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", help="tiny | mobilenetv2 | resnet18 | timm:<name>.")] = None,
+    weights: Annotated[str | None, typer.Option("--weights", help="Local .safetensors backbone weights.")] = None,
+    dim: Annotated[int | None, typer.Option("--dim", help="Embedding dimension.")] = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", help="Input side in pixels (default: per data source).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per batch (P classes x K images).")] = None,
+    samples_per_class: Annotated[int | None, typer.Option("--samples-per-class", help="K, images per class in a batch.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (with --resume: extend to this many).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw | adam | sgd.")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Weight decay.")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="cosine | none.")] = None,
+    train_classes: Annotated[float | None, typer.Option("--train-classes", help="Fraction of classes to train on.")] = None,
+    val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Fraction of training images for validation.")] = None,
+    crop_scale: Annotated[float | None, typer.Option("--crop-scale", help="Smallest random-crop area (1 disables).")] = None,
+    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda.")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Data-loading worker processes.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Train an embedding model and evaluate it on classes it never saw."""
+    setup_logging(verbose)
+    from edgedml.cli.progress import RichTrainProgress
+    from edgedml.config import TrainConfig
+    from edgedml.training import Trainer
+
+    given = {key: value for key, value in locals().items() if key in TrainConfig.keys() and value is not None}
+    progress = RichTrainProgress()
+    with library_errors():
+        try:
+            if resume is not None:
+                changed = sorted(set(given) - {"epochs"}) + ["config"] * (config is not None) + ["out"] * (out is not None)
+                if changed:
+                    options = ", ".join("--" + key.replace("_", "-") for key in changed)
+                    fail(
+                        f"--resume continues {resume} with its own config.yaml; it cannot take {options}",
+                        hint="only --epochs may be given with --resume (to extend the run)",
+                        code=2,
+                    )
+                trainer = Trainer.resume(resume, progress, epochs=epochs)
+            else:
+                if out is None:
+                    fail("missing --out RUN_DIR", hint="name the directory the run should be written to", code=2)
+                trainer = Trainer(TrainConfig.from_sources(config, given), out, progress)
+            summary = trainer.fit(overwrite=overwrite)
+        finally:
+            progress.close()
+    if json_output:
+        print_json(summary)
+        return
+    console.print(metrics_table(f"test classes {', '.join(summary['test_classes'])} (never seen in training)", metric_rows(summary)))
+    console.print(
+        f"trained {summary['epochs']} epochs in {summary['wall_s']:.1f} s ({summary['train_images_per_s']:.0f} img/s); "
+        f"best epoch {summary['best_epoch']}; run in {trainer.run.root}"
+    )
+    console.print(f"next: edgedml eval {trainer.run.root}")

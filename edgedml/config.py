@@ -1,0 +1,181 @@
+"""Training configuration: one typed dataclass whose field names are the CLI options.
+
+Precedence is defaults < ``--config cfg.yaml`` < options given on the command line. The
+fully resolved configuration is written as ``config.yaml`` into every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgedml.errors import ConfigError
+
+MINING_MODES = ("all", "hard", "semihard")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of ``edgedml train``. Field comments are the YAML documentation."""
+
+    data: str = "digits"  # (str) digits | path to an image folder (root/<class>/<image>) | path to a CSV manifest
+    train_classes: float = 0.5  # (float) fraction of classes (sorted by name) used for training; the rest is the unseen test set
+    val_fraction: float = 0.2  # (float) fraction of each training class held out for model selection
+    input_size: int | None = None  # (int) square input side in pixels; None picks the source's default (digits 32, images 128)
+    hflip: bool = False  # (bool) random horizontal flips during training
+    crop_scale: float = 0.6  # (float) smallest area fraction of the random resized crop (1.0 disables cropping)
+    backbone: str = "tiny"  # (str) backbone name (edgedml models list), or timm:<name> when timm is installed
+    weights: str | None = None  # (str) local backbone weight file (.safetensors); never downloaded
+    dim: int = 64  # (int) embedding dimension
+    loss: str = "shadow"  # (str) shadow | triplet | contrastive | multisimilarity
+    mining: str = "all"  # (str) all | hard | semihard triplets (shadow and triplet)
+    margin: float = 0.2  # (float) triplet margin m
+    normalize: bool = True  # (bool) shadow: L2-normalize embeddings before the loss (the paper's choice)
+    batch_size: int = 64  # (int) images per batch, P classes x K images
+    samples_per_class: int = 4  # (int) K, images of each class in a batch
+    epochs: int = 20  # (int) passes over the training split
+    lr: float = 1e-3  # (float) peak learning rate
+    optimizer: str = "adamw"  # (str) adamw | adam | sgd
+    weight_decay: float = 1e-4  # (float) decoupled (adamw) or L2 (adam, sgd) weight decay
+    scheduler: str = "cosine"  # (str) cosine | none, over all training steps
+    seed: int = 0  # (int) seeds weights, sampling, augmentation and splits
+    device: str = "auto"  # (str) auto | cpu | cuda
+    amp: bool = False  # (bool) mixed precision (CUDA only)
+    workers: int = 0  # (int) data-loading worker processes
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_sources(
+        cls, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+    ) -> TrainConfig:
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            values.update(load_yaml_mapping(config_file))
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        config = cls.from_dict(values, origin=str(config_file) if config_file else "options")
+        config.validate()
+        return config
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], origin: str = "config") -> TrainConfig:
+        known = cls.keys()
+        clean: dict[str, Any] = {}
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in known:
+                raise ConfigError(f"{origin}: unknown key {raw_key!r}", hint=_suggest(key, known))
+            clean[key] = value
+        config = cls(**clean)
+        config._coerce(origin)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.keys()}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ---- checks -------------------------------------------------------------------
+    def _coerce(self, origin: str) -> None:
+        """Turn YAML scalars into the declared types, naming the key on failure."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            kind = f.type if isinstance(f.type, str) else f.type.__name__
+            target = {"int": int, "float": float, "bool": bool, "str": str}.get(kind.split(" ")[0])
+            if target is None:
+                continue
+            if target is bool and not isinstance(value, bool):
+                raise ConfigError(f"{origin}: {f.name} must be true or false, got {value!r}")
+            if target is int and isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{origin}: {f.name} must be an integer, got {value!r}")
+            try:
+                setattr(self, f.name, target(value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{origin}: {f.name} must be {kind}, got {value!r}") from None
+
+    def validate(self) -> None:
+        _choice("mining", self.mining, MINING_MODES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("device", self.device, DEVICES)
+        _positive("dim", self.dim)
+        _positive("batch_size", self.batch_size)
+        _positive("epochs", self.epochs)
+        _positive("lr", self.lr)
+        if self.samples_per_class < 2:
+            raise ConfigError(
+                f"--samples-per-class must be at least 2 (got {self.samples_per_class})",
+                hint="a triplet needs two images of the anchor's class in the batch",
+            )
+        if self.batch_size % self.samples_per_class:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is not a multiple of --samples-per-class {self.samples_per_class}",
+                hint=f"use --batch-size {self.batch_size // self.samples_per_class * self.samples_per_class or self.samples_per_class * 2}",
+            )
+        if self.batch_size // self.samples_per_class < 2:
+            raise ConfigError(
+                "a batch must hold at least 2 classes",
+                hint=f"raise --batch-size to at least {2 * self.samples_per_class}",
+            )
+        if not 0.0 < self.train_classes < 1.0:
+            raise ConfigError(f"--train-classes must lie in (0, 1), got {self.train_classes}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ConfigError(f"--crop-scale must lie in (0, 1], got {self.crop_scale}")
+        if self.input_size is not None and self.input_size < 8:
+            raise ConfigError(f"--input-size must be at least 8 pixels, got {self.input_size}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+
+    @property
+    def classes_per_batch(self) -> int:
+        return self.batch_size // self.samples_per_class
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {file} does not exist", hint="pass an existing YAML file to --config")
+    try:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(f"{file}: not valid YAML ({first_line})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{file}: expected a mapping of option: value, got {type(loaded).__name__}")
+    return loaded
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return "known keys: " + ", ".join(known)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        option = "--" + name.replace("_", "-")
+        raise ConfigError(f"{option} {value!r} is not one of {', '.join(choices)}", hint=_suggest(value, list(choices)))
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")

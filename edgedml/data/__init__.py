@@ -1,0 +1,28 @@
+"""Data sources, class-disjoint splits, P x K sampling, plain-torch transforms."""
+
+from edgedml.data.dataset import ImageDataset, collate_skip_bad, sample_seed
+from edgedml.data.images import load_image, scan_samples
+from edgedml.data.prepare import PreparedData, prepare_data
+from edgedml.data.sampler import PKSampler
+from edgedml.data.sources import Sample, Source, load_source, named_sources
+from edgedml.data.splits import Splits, class_disjoint_split
+from edgedml.data.transforms import eval_transform, train_transform
+
+__all__ = [
+    "ImageDataset",
+    "PKSampler",
+    "PreparedData",
+    "Sample",
+    "Source",
+    "Splits",
+    "class_disjoint_split",
+    "collate_skip_bad",
+    "eval_transform",
+    "load_image",
+    "load_source",
+    "named_sources",
+    "prepare_data",
+    "sample_seed",
+    "scan_samples",
+    "train_transform",
+]

@@ -1,0 +1,26 @@
+"""From a ``--data`` value to checked, class-disjoint splits: the one path training and evaluation share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgedml.data.images import scan_samples
+from edgedml.data.sources import load_source
+from edgedml.data.splits import Splits, class_disjoint_split
+
+
+@dataclass
+class PreparedData:
+    splits: Splits
+    skipped: list[str]  # "path (reason)" for each unusable image
+    default_input_size: int
+
+
+def prepare_data(spec: str, train_classes: float, val_fraction: float, seed: int) -> PreparedData:
+    source = load_source(spec)
+    scan = scan_samples(source.samples)
+    return PreparedData(
+        splits=class_disjoint_split(scan.usable, train_classes, val_fraction, seed),
+        skipped=[f"{path} ({why})" for path, why in scan.skipped],
+        default_input_size=source.default_input_size,
+    )

@@ -1,0 +1,138 @@
+"""Data sources named by one ``--data`` value.
+
+- ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes).
+- a folder in the ImageFolder layout, ``root/<class>/<image>``.
+- a CSV manifest with columns ``path,label`` and an optional ``split`` (train / val / test);
+  relative paths are resolved against the manifest's folder.
+
+Each returns a :class:`Source`: samples (an image path or an in-memory uint8 array, and a class
+name) plus the default input size for that kind of data.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from edgedml.errors import DataError
+from edgedml.registry import Registry
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+SPLITS = ("train", "val", "test")
+
+ImageRef = Union[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: ``image`` is a file path or an (H, W) / (H, W, 3) uint8 array; ``label`` its class name."""
+
+    image: ImageRef
+    label: str
+    split: str | None = None
+
+    def describe(self) -> str:
+        return self.image if isinstance(self.image, str) else f"<array {self.label}>"
+
+
+@dataclass
+class Source:
+    name: str
+    samples: list[Sample]
+    default_input_size: int
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({s.label for s in self.samples})
+
+    @property
+    def has_splits(self) -> bool:
+        return any(s.split is not None for s in self.samples)
+
+
+named_sources: Registry[Source] = Registry("data source")
+
+
+@named_sources.register("digits")
+def load_digits() -> Source:
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    samples = [Sample(image=img, label=str(int(t))) for img, t in zip(images, bunch.target)]
+    return Source(name="digits", samples=samples, default_input_size=32)
+
+
+def load_source(spec: str) -> Source:
+    """Resolve a ``--data`` value to a :class:`Source`."""
+    if spec in named_sources:
+        source = named_sources.create(spec)
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            source = load_image_folder(path)
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            source = load_csv_manifest(path)
+        elif path.exists():
+            raise DataError(f"--data {spec}: not a folder or a .csv manifest", hint="pass an image folder or a CSV file")
+        else:
+            known = ", ".join(named_sources.names())
+            raise DataError(f"--data {spec}: no such file or folder", hint=f"use an existing path or one of: {known}")
+    if len(source.classes) < 2:
+        raise DataError(
+            f"--data {spec}: found {len(source.classes)} class(es); metric learning needs at least 2",
+            hint="add images of more classes",
+        )
+    return source
+
+
+def load_image_folder(root: Path) -> Source:
+    samples: list[Sample] = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(
+            f for f in class_dir.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not files:
+            raise DataError(f"{class_dir}: class folder holds no images", hint="remove the folder or add images to it")
+        samples.extend(Sample(image=str(f), label=class_dir.name) for f in files)
+    if not samples:
+        raise DataError(f"{root}: no class folders with images", hint="expected the layout root/<class>/<image>")
+    return Source(name=str(root), samples=samples, default_input_size=128)
+
+
+def load_csv_manifest(path: Path) -> Source:
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    rows = [r for r in rows if r and any(cell.strip() for cell in r)]
+    if not rows:
+        raise DataError(f"{path}: manifest is empty", hint="write one 'path,label[,split]' row per image")
+    header = [cell.strip().lower() for cell in rows[0]]
+    if "path" in header and "label" in header:
+        columns = {name: header.index(name) for name in ("path", "label", "split") if name in header}
+        rows = rows[1:]
+    else:
+        columns = {"path": 0, "label": 1}
+        if len(rows[0]) >= 3:
+            columns["split"] = 2
+    samples: list[Sample] = []
+    for line_no, row in enumerate(rows, start=2 if "path" in header else 1):
+        try:
+            raw_path, label = row[columns["path"]].strip(), row[columns["label"]].strip()
+        except IndexError:
+            raise DataError(f"{path}:{line_no}: expected 'path,label[,split]', got {','.join(row)!r}") from None
+        split = row[columns["split"]].strip().lower() if "split" in columns and len(row) > columns["split"] else None
+        if split == "":
+            split = None
+        if split is not None and split not in SPLITS:
+            raise DataError(f"{path}:{line_no}: split {split!r} is not one of {', '.join(SPLITS)}")
+        image_path = Path(raw_path).expanduser()
+        if not image_path.is_absolute():
+            image_path = path.parent / image_path
+        samples.append(Sample(image=str(image_path), label=label, split=split))
+    if not samples:
+        raise DataError(f"{path}: manifest has a header but no rows")
+    return Source(name=str(path), samples=samples, default_input_size=128)

@@ -1,0 +1,109 @@
+"""Image transforms in plain torch (torchvision does not import with the CPU wheel we pin).
+
+Every random transform draws from an explicit ``torch.Generator`` so a sample's augmentation
+is a function of its seed alone. Images are ``(3, H, W)`` float tensors in [0, 1] until
+``Normalize``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) float32 in [0, 1]."""
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize (3, H, W) to (3, size, size), antialiased when shrinking."""
+    if image.shape[-2:] == (size, size):
+        return image
+    return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+@dataclass
+class Resize:
+    size: int
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return resize(image, self.size)
+
+
+@dataclass
+class RandomResizedCrop:
+    """Crop a random area fraction in [scale_min, 1] with aspect ratio in [3/4, 4/3], resize to ``size``."""
+
+    size: int
+    scale_min: float = 0.6
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    attempts: int = 10
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        area = height * width
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(self.attempts):
+            u = torch.rand(3, generator=generator).tolist()
+            target_area = area * (self.scale_min + (1.0 - self.scale_min) * u[0])
+            aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
+            crop_w = round(math.sqrt(target_area * aspect))
+            crop_h = round(math.sqrt(target_area / aspect))
+            if 0 < crop_w <= width and 0 < crop_h <= height:
+                top = int(torch.randint(0, height - crop_h + 1, (1,), generator=generator))
+                left = int(torch.randint(0, width - crop_w + 1, (1,), generator=generator))
+                return resize(image[:, top : top + crop_h, left : left + crop_w], self.size)
+        return resize(image, self.size)
+
+
+@dataclass
+class HorizontalFlip:
+    p: float = 0.5
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if float(torch.rand(1, generator=generator)) < self.p:
+            return image.flip(-1)
+        return image
+
+
+@dataclass
+class Normalize:
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=image.dtype).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=image.dtype).view(3, 1, 1)
+        return (image - mean) / std
+
+
+class Compose:
+    def __init__(self, *steps):
+        self.steps = steps
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        for step in self.steps:
+            image = step(image, generator)
+        return image
+
+
+def train_transform(size: int, crop_scale: float = 0.6, hflip: bool = False) -> Compose:
+    steps = [RandomResizedCrop(size, scale_min=crop_scale) if crop_scale < 1.0 else Resize(size)]
+    if hflip:
+        steps.append(HorizontalFlip())
+    steps.append(Normalize())
+    return Compose(*steps)
+
+
+def eval_transform(size: int) -> Compose:
+    return Compose(Resize(size), Normalize())

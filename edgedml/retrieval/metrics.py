@@ -1,0 +1,113 @@
+"""Retrieval metrics on a labelled set, leave-one-out: every item queries all the others.
+
+- Recall@K: fraction of queries with at least one same-class item among the K nearest.
+- R-precision and MAP@R (Musgrave et al., "A Metric Learning Reality Check", 2020): with R the
+  number of other items of the query's class, precision over the R nearest, and the mean of
+  precision@i over the relevant positions among them, divided by R.
+- NMI of k-means clusters (k = number of classes) against the labels.
+- Silhouette with cosine distance.
+
+Similarities are cosine (embeddings are L2-normalized), computed in query chunks so memory is
+O(chunk x N).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+RECALL_KS = (1, 2, 4, 8)
+
+
+@dataclass
+class RetrievalMetrics:
+    recall_at_k: dict[int, float]
+    map_at_r: float
+    r_precision: float
+    nmi: float
+    silhouette: float
+    num_queries: int
+    num_classes: int
+
+    @property
+    def recall_at_1(self) -> float:
+        return self.recall_at_k[1]
+
+    def to_dict(self) -> dict:
+        return {
+            "recall_at_1": self.recall_at_1,
+            "recall_at_k": {str(k): v for k, v in self.recall_at_k.items()},
+            "map_at_r": self.map_at_r,
+            "r_precision": self.r_precision,
+            "nmi": self.nmi,
+            "silhouette": self.silhouette,
+            "num_queries": self.num_queries,
+            "num_classes": self.num_classes,
+        }
+
+
+def ranked_neighbours(
+    embeddings: torch.Tensor, depth: int, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices and similarities of each item's ``depth`` nearest others: (N, depth) each."""
+    normalized = F.normalize(embeddings.float(), dim=1)
+    count = len(normalized)
+    depth = min(depth, count - 1)
+    indices, scores = [], []
+    for start in range(0, count, chunk):
+        sims = normalized[start : start + chunk] @ normalized.T
+        rows = torch.arange(sims.shape[0])
+        sims[rows, rows + start] = -float("inf")
+        top = sims.topk(depth, dim=1)
+        indices.append(top.indices)
+        scores.append(top.values)
+    return torch.cat(indices), torch.cat(scores)
+
+
+def recall_and_map(
+    embeddings: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = RECALL_KS
+) -> tuple[dict[int, float], float, float]:
+    """Recall@K for each K, MAP@R and R-precision. embeddings: (N, D); labels: (N,)."""
+    labels = labels.long().cpu()
+    class_sizes = torch.bincount(labels)
+    r_per_query = class_sizes[labels] - 1
+    depth = int(max(max(ks), int(r_per_query.max())))
+    neighbours, _ = ranked_neighbours(embeddings.cpu(), depth)
+    hits = labels[neighbours] == labels[:, None]  # (N, depth)
+    recall = {k: float(hits[:, :k].any(dim=1).float().mean()) for k in ks}
+    positions = torch.arange(1, hits.shape[1] + 1)
+    within_r = positions[None, :] <= r_per_query[:, None]
+    relevant = hits & within_r
+    precision_at_i = relevant.cumsum(dim=1).float() / positions
+    valid = r_per_query > 0
+    r = r_per_query.clamp(min=1).float()
+    map_at_r = (precision_at_i * relevant).sum(dim=1) / r
+    r_precision = relevant.sum(dim=1).float() / r
+    return recall, float(map_at_r[valid].mean()), float(r_precision[valid].mean())
+
+
+def retrieval_metrics(
+    embeddings: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = RECALL_KS, seed: int = 0
+) -> RetrievalMetrics:
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score, silhouette_score
+
+    recall, map_at_r, r_precision = recall_and_map(embeddings, labels, ks)
+    points = F.normalize(embeddings.float(), dim=1).cpu().numpy().astype(np.float64)
+    targets = labels.cpu().numpy()
+    num_classes = len(np.unique(targets))
+    clusters = KMeans(n_clusters=num_classes, n_init=4, random_state=seed).fit_predict(points)
+    nmi = float(normalized_mutual_info_score(targets, clusters))
+    silhouette = float(silhouette_score(points, targets, metric="cosine")) if num_classes > 1 else 0.0
+    return RetrievalMetrics(
+        recall_at_k=recall,
+        map_at_r=map_at_r,
+        r_precision=r_precision,
+        nmi=nmi,
+        silhouette=silhouette,
+        num_queries=len(targets),
+        num_classes=num_classes,
+    )

@@ -1,0 +1,336 @@
+"""The training loop: P x K batches, a metric-learning loss, per-epoch validation, atomic checkpoints.
+
+Reproducible and resumable: batches and augmentations are pure functions of (seed, epoch,
+step), the learning rate a function of the global step, and ``last.safetensors`` stores the
+optimizer, the step and the RNG, so a run resumed after Ctrl-C ends with the same weights as
+one that was never interrupted. A NaN or infinite loss stops the run before the weights are
+touched, leaving the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from edgedml import __version__
+from edgedml.config import TrainConfig
+from edgedml.data import (
+    ImageDataset,
+    PKSampler,
+    Splits,
+    collate_skip_bad,
+    prepare_data,
+    sample_seed,
+    train_transform,
+)
+from edgedml.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingInterrupted
+from edgedml.io import append_jsonl, write_json, write_text
+from edgedml.losses import create_loss
+from edgedml.models import EmbeddingModel, build_model
+from edgedml.training.checkpoint import (
+    MODEL,
+    RNG,
+    load_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+    strip_prefix,
+    with_prefix,
+)
+from edgedml.training.device import resolve_device
+from edgedml.training.evaluate import evaluate_split
+from edgedml.training.run import RunDir, config_hash
+
+log = logging.getLogger(__name__)
+
+
+class TrainCallbacks:
+    """Hooks the CLI uses to render progress; the library itself only logs."""
+
+    def on_start(self, epochs: int, steps_per_epoch: int, start_epoch: int, start_step: int) -> None: ...
+
+    def on_step(self, epoch: int, step: int, loss: float, images_per_s: float) -> None: ...
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None: ...
+
+    def on_test(self) -> None: ...
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in ``last.safetensors`` metadata."""
+
+    epoch: int = 0
+    step: int = 0  # next step within ``epoch``
+    global_step: int = 0
+    best_score: list[float] = field(default_factory=lambda: [-1.0, -1.0])  # (val Recall@1, val MAP@R)
+    best_epoch: int = -1
+    images_seen: int = 0
+    train_seconds: float = 0.0
+    epoch_loss_sum: float = 0.0
+    epoch_batches: int = 0
+    skipped_images: list[str] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, run_dir: str | Path, callbacks: TrainCallbacks | None = None):
+        self.run = RunDir(Path(run_dir))
+        self.callbacks = callbacks or TrainCallbacks()
+        self.device = resolve_device(config.device)
+        if config.amp and self.device.type != "cuda":
+            raise ConfigError(f"--amp needs CUDA, this run is on {self.device.type}", hint="drop --amp")
+        prepared = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed)
+        if config.input_size is None:
+            config.input_size = prepared.default_input_size
+        self.config = config
+        self.splits: Splits = prepared.splits
+        self.skipped = prepared.skipped
+        self.class_to_index = {name: i for i, name in enumerate(self.splits.train_classes)}
+        self.dataset = ImageDataset(
+            self.splits.train, self.class_to_index, train_transform(config.input_size, config.crop_scale, config.hflip)
+        )
+        self.sampler = PKSampler(self.dataset.labels, config.classes_per_batch, config.samples_per_class, config.seed)
+        torch.manual_seed(config.seed)
+        self.model: EmbeddingModel = build_model(config.backbone, config.dim, config.weights).to(self.device)
+        self.loss_fn = create_loss(config.loss, config.margin, config.mining, config.normalize).to(self.device)
+        self.optimizer = _make_optimizer(self.model, config)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
+        self.progress = Progress(skipped_images=self.skipped)
+        self._stop_requested = False
+
+    # ---- public -------------------------------------------------------------------
+    @classmethod
+    def resume(cls, run_dir: str | Path, callbacks: TrainCallbacks | None = None, epochs: int | None = None) -> Trainer:
+        run = RunDir(Path(run_dir))
+        config = run.load_config()
+        if epochs is not None:
+            config.epochs = epochs
+        trainer = cls(config, run.root, callbacks)
+        trainer._restore(load_checkpoint(run.last))
+        return trainer
+
+    def fit(self, overwrite: bool = False) -> dict[str, Any]:
+        """Train to ``config.epochs``, then evaluate the best weights on the test classes.
+
+        A new run refuses a directory that already holds one unless ``overwrite``.
+        """
+        fresh = self.progress.global_step == 0
+        if fresh and self.run.config.exists() and not overwrite:
+            raise CheckpointError(
+                f"{self.run.root} already holds a run",
+                hint=f"resume it with --resume {self.run.root}, pick another --out, or pass --overwrite",
+            )
+        self.run.root.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            for stale in (self.run.metrics, self.run.summary, self.run.best, self.run.last, self.run.log):
+                stale.unlink(missing_ok=True)
+        handler = _attach_log_file(self.run.log)
+        try:
+            if fresh:
+                write_text(self.run.config, self.config.to_yaml())
+                if self.skipped:
+                    log.warning("skipped %d unusable image(s): %s", len(self.skipped), "; ".join(self.skipped))
+            self._train_epochs()
+            return self._finish()
+        finally:
+            logging.getLogger("edgedml").removeHandler(handler)
+            handler.close()
+
+    # ---- loop ---------------------------------------------------------------------
+    def _train_epochs(self) -> None:
+        config, progress = self.config, self.progress
+        steps = len(self.sampler)
+        self.callbacks.on_start(config.epochs, steps, progress.epoch, progress.step)
+        self.model.train()
+        while progress.epoch < config.epochs:
+            batches = self.sampler.batches(progress.epoch)
+            keys = [
+                [(index, sample_seed(config.seed, progress.epoch, b, pos)) for pos, index in enumerate(batch)]
+                for b, batch in enumerate(batches)
+            ]
+            loader = DataLoader(
+                self.dataset, batch_sampler=keys[progress.step :], collate_fn=collate_skip_bad, num_workers=config.workers
+            )
+            with self._stop_on_ctrl_c():
+                for batch in loader:
+                    self._train_step(batch)
+                    if self._stop_requested:
+                        self._save_last()
+                        raise TrainingInterrupted(
+                            f"interrupted at epoch {progress.epoch + 1}, step {progress.step}; saved {self.run.last}",
+                            hint=f"resume with: edgedml train --resume {self.run.root}",
+                        )
+            self._end_epoch()
+
+    @contextmanager
+    def _stop_on_ctrl_c(self) -> Iterator[None]:
+        """First Ctrl-C: finish the step, save ``last`` and stop. Second: abort at once, saving nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            log.warning("Ctrl-C: stopping after this step and saving %s (press again to abort)", self.run.last)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _train_step(self, batch) -> None:
+        progress, config = self.progress, self.config
+        started = time.perf_counter()
+        if batch is not None:
+            images, labels, _ = batch
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr(progress.global_step)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=config.amp):
+                embeddings = self.model.embed_raw(images)
+            loss = self.loss_fn(embeddings.float(), labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss became {float(loss)} at epoch {progress.epoch + 1}, step {progress.step + 1} "
+                    f"(global step {progress.global_step + 1}); weights were not updated",
+                    hint=f"{self.run.last} holds the last good checkpoint; lower --lr or check the data",
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            progress.epoch_loss_sum += loss.item()
+            progress.epoch_batches += 1
+            progress.images_seen += len(images)
+        elapsed = time.perf_counter() - started
+        progress.train_seconds += elapsed
+        progress.step += 1
+        progress.global_step += 1
+        rate = (len(batch[0]) / elapsed) if batch is not None and elapsed > 0 else 0.0
+        self.callbacks.on_step(progress.epoch, progress.step, progress.epoch_loss_sum / max(progress.epoch_batches, 1), rate)
+
+    def _end_epoch(self) -> None:
+        progress = self.progress
+        record: dict[str, Any] = {
+            "epoch": progress.epoch + 1,
+            "global_step": progress.global_step,
+            "loss": progress.epoch_loss_sum / max(progress.epoch_batches, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_images_per_s": progress.images_seen / max(progress.train_seconds, 1e-9),
+        }
+        if self.splits.val:
+            record.update({f"val_{k}": v for k, v in self._validate().items()})
+            score = [record["val_recall_at_1"], record["val_map_at_r"]]  # MAP@R breaks Recall@1 ties
+        else:
+            score = [float(progress.epoch), 0.0]  # no validation split: the latest epoch is the best
+        progress.epoch += 1
+        progress.step = 0
+        progress.epoch_loss_sum, progress.epoch_batches = 0.0, 0
+        if score > progress.best_score:
+            progress.best_score, progress.best_epoch = score, progress.epoch
+            save_checkpoint(self.run.best, with_prefix(MODEL, self.model.state_dict()), self._model_metadata())
+        record["best_epoch"] = progress.best_epoch
+        append_jsonl(self.run.metrics, record)
+        self._save_last()
+        self.callbacks.on_epoch_end(record)
+
+    def _validate(self) -> dict[str, float]:
+        return evaluate_split(self.model, self.splits.val, self.config.input_size, self.device, full=False)
+
+    def _finish(self) -> dict[str, Any]:
+        self.callbacks.on_test()
+        tensors, _ = load_checkpoint(self.run.best)
+        self.model.load_state_dict(strip_prefix(MODEL, tensors))
+        metrics = evaluate_split(self.model, self.splits.test, self.config.input_size, self.device, seed=self.config.seed)
+        progress = self.progress
+        summary = {
+            **metrics.to_dict(),
+            "epochs": progress.epoch,
+            "best_epoch": progress.best_epoch,
+            "wall_s": progress.train_seconds,
+            "train_images_per_s": progress.images_seen / max(progress.train_seconds, 1e-9),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "train_classes": self.splits.train_classes,
+            "test_classes": self.splits.test_classes,
+            "images": {"train": len(self.splits.train), "val": len(self.splits.val), "test": len(self.splits.test)},
+            "skipped_images": len(progress.skipped_images),
+            "config_hash": config_hash(self.config),
+            "edgedml_version": __version__,
+            "device": str(self.device),
+        }
+        write_json(self.run.summary, summary)
+        return summary
+
+    # ---- state --------------------------------------------------------------------
+    def _lr(self, global_step: int) -> float:
+        if self.config.scheduler == "none":
+            return self.config.lr
+        total = self.config.epochs * len(self.sampler)
+        return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * min(global_step, total) / total))
+
+    def _model_metadata(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "config_hash": config_hash(self.config), "epoch": self.progress.epoch}
+
+    def _save_last(self) -> None:
+        optimizer_tensors, optimizer_meta = optimizer_to_flat(self.optimizer)
+        tensors = {**with_prefix(MODEL, self.model.state_dict()), **optimizer_tensors, RNG + "torch": torch.get_rng_state()}
+        metadata = {
+            **self._model_metadata(),
+            "progress": vars(self.progress),
+            "optimizer": optimizer_meta,
+            "scaler": self.scaler.state_dict(),
+        }
+        save_checkpoint(self.run.last, tensors, metadata)
+
+    def _restore(self, checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> None:
+        tensors, metadata = checkpoint
+        if metadata.get("config_hash") != config_hash(_without_epochs(self.config, metadata)):
+            raise CheckpointError(
+                f"{self.run.last} was written by a different configuration than {self.run.config}",
+                hint="restore the run's config.yaml, or start a new run",
+            )
+        self.model.load_state_dict(strip_prefix(MODEL, tensors))
+        optimizer_from_flat(self.optimizer, tensors, metadata["optimizer"])
+        if metadata.get("scaler"):
+            self.scaler.load_state_dict(metadata["scaler"])
+        torch.set_rng_state(tensors[RNG + "torch"])
+        self.progress = Progress(**metadata["progress"])
+
+
+def _without_epochs(config: TrainConfig, metadata: dict[str, Any]) -> TrainConfig:
+    """The config as saved in the checkpoint, so that extending --epochs on resume is allowed."""
+    saved_epochs = metadata.get("config", {}).get("epochs", config.epochs)
+    return TrainConfig(**{**config.to_dict(), "epochs": saved_epochs})
+
+
+def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+
+
+def _attach_log_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("edgedml")
+    package_logger.addHandler(handler)
+    if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    return handler

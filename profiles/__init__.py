@@ -1,0 +1,1 @@
+"""Device profiles (YAML) shipped with edgedml; filled by the memory-budget work."""
