@@ -17,7 +17,8 @@ from torch import nn
 
 @dataclass
 class LossTerms:
-    """losses: (T,) float, each a sum over ``counts`` non-zero triplets; anchors: (T,) long."""
+    """losses: float, any shape, each element a sum over ``counts`` non-zero triplets (same shape);
+    anchors: long, same shape, the anchor each element belongs to. Elements with count 0 hold 0."""
 
     losses: torch.Tensor
     counts: torch.Tensor
@@ -74,8 +75,9 @@ def pair_masks(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive and negative masks, (S, N) bool; the anchor's own slot is neither."""
     same = labels[:, None] == ref_labels[None, :]
-    positive = same.clone()
-    if anchor_ref_index is not None:
-        rows = torch.nonzero(anchor_ref_index >= 0).squeeze(1)
-        positive[rows, anchor_ref_index[rows]] = False
-    return positive, ~same
+    if anchor_ref_index is None:
+        return same, ~same
+    own_slot = torch.zeros_like(same)
+    rows = torch.arange(len(labels), device=labels.device)
+    own_slot[rows, anchor_ref_index.clamp(min=0)] = anchor_ref_index >= 0
+    return same & ~own_slot, ~same

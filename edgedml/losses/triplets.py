@@ -4,7 +4,9 @@ batch-all and semi-hard never form the (S, P, N) tensor of triplets. For each an
 negative distances are sorted once; for a positive with threshold ``x = d(a,p) + m`` the
 non-zero terms are the negatives with ``d(a,n) < x``, and their sum is
 ``count * x - (sum of those negative distances)``, read off a cumulative sum with
-``searchsorted``. Memory and gradient are (S, N) scalars, whatever S, N or D.
+``searchsorted``. Memory and gradient are (S, N) scalars, whatever S, N or D, and no shape
+depends on the data (so fake-tensor memory tracing works): the terms are dense, with a zero
+count wherever there is no triplet.
 
 Modes (``mining``):
 - ``all``: every valid (a, p, n);
@@ -37,8 +39,9 @@ def _batch_hard(distances, positive, negative, margin) -> LossTerms:
     hardest_positive = distances.masked_fill(~positive, -INF).amax(dim=1)
     hardest_negative = distances.masked_fill(~negative, INF).amin(dim=1)
     valid = positive.any(dim=1) & negative.any(dim=1)
-    anchors = torch.nonzero(valid).squeeze(1)
-    losses = F.relu(hardest_positive[anchors] - hardest_negative[anchors] + margin)
+    hinge = F.relu(hardest_positive - hardest_negative + margin)
+    losses = torch.where(valid, hinge, torch.zeros_like(hinge))
+    anchors = torch.arange(len(losses), device=losses.device)
     return LossTerms(losses=losses, counts=(losses > 0).to(losses.dtype), anchors=anchors)
 
 
@@ -54,8 +57,8 @@ def _sorted_band(distances, positive, negative, margin, semihard: bool) -> LossT
         lower = torch.minimum(torch.searchsorted(sorted_keys, floor, side="right"), upper)
     else:
         lower = torch.zeros_like(upper)
-    counts = (upper - lower).to(distances.dtype)
+    counts = (upper - lower).to(distances.dtype)  # zero wherever (a, j) is not a positive pair
     band_sum = cumulative.gather(1, upper) - cumulative.gather(1, lower)
     per_pair = counts * threshold.masked_fill(~positive, 0.0) - band_sum
-    anchors, _ = torch.nonzero(positive, as_tuple=True)
-    return LossTerms(losses=per_pair[positive], counts=counts[positive], anchors=anchors)
+    anchors = torch.arange(len(distances), device=distances.device)[:, None].expand_as(per_pair)
+    return LossTerms(losses=per_pair, counts=counts, anchors=anchors)

@@ -1,0 +1,276 @@
+"""Shadow loss against a cosine triplet loss: Recall@1 per epoch on digits, and epochs to converge.
+
+What it measures (METHODS.md §1; the paper claims Shadow needs ~1.5-2x fewer epochs than a
+triplet loss to reach the same Recall@1):
+
+- three losses, trained with the quick-start configuration (``edgedml.cli.quickstart.QUICKSTART``:
+  digits 0-4 for training, retrieval among the unseen digits 5-9), the same mining, margin,
+  batches, augmentations and initial weights for each seed:
+    * ``shadow``      Shadow loss with L2-normalized embeddings (the paper's default); with unit
+                      vectors δ = 1 − cos, so it is mathematically a cosine triplet hinge;
+    * ``shadow-raw``  Shadow loss on raw projections (``--no-normalize`` of ``edgedml train``),
+                      the only variant that differs mathematically from a cosine triplet;
+    * ``triplet``     pytorch-metric-learning's TripletMarginLoss with CosineSimilarity;
+- test-class Recall@1 after every epoch (a benchmark may look at the test classes each epoch;
+  the trainer still selects its best checkpoint on validation);
+- epochs each run needs to reach 95% of its own final (last-epoch) Recall@1;
+- the silhouette (cosine) of the test classes from the run's summary (best-on-validation weights);
+- wall seconds per epoch (training, data loading, validation and checkpoints; not the extra
+  per-epoch test evaluation this benchmark adds).
+
+It prints a markdown table (mean ± std over seeds) and the ratio of epochs-to-95%,
+triplet / shadow; ``--json PATH`` writes every raw curve.
+
+Run (from the repository root; ~10 minutes on 2 CPU cores):
+
+    python benchmarks/shadow_vs_triplet.py                      # 5 seeds x 15 epochs, mining "all"
+    python benchmarks/shadow_vs_triplet.py --mining hard --json shadow_vs_triplet.json
+    python benchmarks/shadow_vs_triplet.py --quick              # smoke run: 2 seeds x 4 epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgedml.cli.quickstart import QUICKSTART
+from edgedml.config import MINING_MODES, TrainConfig
+from edgedml.training import TrainCallbacks, Trainer
+from edgedml.training.evaluate import evaluate_split
+
+# name -> TrainConfig overrides on top of QUICKSTART (the loss options; everything else is shared).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "shadow": {"loss": "shadow", "normalize": True},
+    "shadow-raw": {"loss": "shadow", "normalize": False},
+    "triplet": {"loss": "triplet"},
+}
+SHADOW_VARIANTS = ("shadow", "shadow-raw")
+BASELINE = "triplet"
+REPORT_EPOCHS = (1, 2, 3, 5, 10)
+TARGET_FRACTION = 0.95
+
+
+# ---- one training run -------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """One (variant, seed) run: per-epoch curves (index 0 is epoch 1) and the run's summary values."""
+
+    variant: str
+    seed: int
+    test_recall_at_1: list[float] = field(default_factory=list)
+    val_recall_at_1: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    silhouette: float = float("nan")
+    best_epoch: int = -1
+    best_test_recall_at_1: float = float("nan")
+
+    @property
+    def final_recall(self) -> float:
+        return self.test_recall_at_1[-1]
+
+    @property
+    def epochs_to_target(self) -> int:
+        return epochs_to_fraction(self.test_recall_at_1, TARGET_FRACTION)
+
+
+class TestRecallRecorder(TrainCallbacks):
+    """Evaluates the test classes after every epoch and times the epochs (without that evaluation)."""
+
+    def __init__(self, result: RunResult):
+        self.result = result
+        self.trainer: Trainer | None = None
+        self._epoch_started = 0.0
+
+    def on_start(self, epochs: int, steps_per_epoch: int, start_epoch: int, start_step: int) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        assert self.trainer is not None, "attach the trainer before fit()"
+        self.result.epoch_seconds.append(time.perf_counter() - self._epoch_started)
+        self.result.train_loss.append(record["loss"])
+        self.result.val_recall_at_1.append(record.get("val_recall_at_1", float("nan")))
+        trainer = self.trainer
+        metrics = evaluate_split(trainer.model, trainer.splits.test, trainer.config.input_size, trainer.device, full=False)
+        self.result.test_recall_at_1.append(metrics["recall_at_1"])
+        self._epoch_started = time.perf_counter()
+
+
+def train_one(variant: str, seed: int, epochs: int, mining: str, workdir: Path) -> RunResult:
+    overrides = {**QUICKSTART, **VARIANTS[variant], "mining": mining, "epochs": epochs, "seed": seed}
+    config = TrainConfig.from_sources(overrides=overrides)
+    result = RunResult(variant=variant, seed=seed)
+    recorder = TestRecallRecorder(result)
+    trainer = Trainer(config, workdir / f"{variant}-seed{seed}", recorder)
+    recorder.trainer = trainer
+    summary = trainer.fit(overwrite=True)
+    result.silhouette = summary["silhouette"]
+    result.best_epoch = summary["best_epoch"]
+    result.best_test_recall_at_1 = summary["recall_at_1"]
+    return result
+
+
+def run_all(variants: list[str], seeds: list[int], epochs: int, mining: str) -> dict[str, list[RunResult]]:
+    results: dict[str, list[RunResult]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory(prefix="shadow_vs_triplet-") as tmp:
+        for seed in seeds:
+            for name in variants:
+                started = time.perf_counter()
+                result = train_one(name, seed, epochs, mining, Path(tmp))
+                results[name].append(result)
+                log_progress(
+                    f"{name:<10} seed {seed}: final Recall@1 {result.final_recall:.4f}, "
+                    f"95% at epoch {result.epochs_to_target}, {time.perf_counter() - started:.1f} s"
+                )
+    return results
+
+
+# ---- statistics --------------------------------------------------------------------------
+def epochs_to_fraction(curve: list[float], fraction: float) -> int:
+    """First epoch (1-based) whose value reaches ``fraction`` of the curve's last value."""
+    target = fraction * curve[-1]
+    return next(epoch for epoch, value in enumerate(curve, start=1) if value >= target)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def paired_ratios(numerator: list[RunResult], denominator: list[RunResult]) -> list[float]:
+    """Per-seed epochs-to-95% ratio numerator / denominator (runs are listed in the same seed order)."""
+    return [a.epochs_to_target / b.epochs_to_target for a, b in zip(numerator, denominator)]
+
+
+def max_curve_gap(a: list[RunResult], b: list[RunResult]) -> float:
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra.test_recall_at_1, rb.test_recall_at_1))
+
+
+# ---- report -------------------------------------------------------------------------------
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_table(results: dict[str, list[RunResult]], epochs: int) -> str:
+    shown = [e for e in REPORT_EPOCHS if e < epochs]
+    header = ["loss", *(f"R@1 ep {e}" for e in shown), f"R@1 final (ep {epochs})",
+              "epochs to 95% of final", "silhouette", "s / epoch"]
+    rows = []
+    for name, runs in results.items():
+        rows.append([
+            name,
+            *(fmt([r.test_recall_at_1[e - 1] for r in runs]) for e in shown),
+            fmt([r.final_recall for r in runs]),
+            fmt([float(r.epochs_to_target) for r in runs], digits=1),
+            fmt([r.silhouette for r in runs]),
+            fmt([statistics.fmean(r.epoch_seconds) for r in runs], digits=2),
+        ])
+    return markdown_table(header, rows)
+
+
+def ratio_table(results: dict[str, list[RunResult]]) -> str | None:
+    if BASELINE not in results:
+        return None
+    baseline = results[BASELINE]
+    rows = []
+    for name in (n for n in SHADOW_VARIANTS if n in results):
+        of_means = statistics.fmean(r.epochs_to_target for r in baseline) / statistics.fmean(
+            r.epochs_to_target for r in results[name]
+        )
+        rows.append([f"{BASELINE} / {name}", f"{of_means:.2f}", fmt(paired_ratios(baseline, results[name]), digits=2),
+                     f"{max_curve_gap(baseline, results[name]):.4f}"])
+    header = ["epochs to 95%", "ratio of means", "per-seed ratio (mean ± std)", "max abs. Recall@1 gap, any seed/epoch"]
+    return markdown_table(header, rows)
+
+
+def report(results: dict[str, list[RunResult]], epochs: int, seeds: list[int], mining: str) -> str:
+    margin = TrainConfig().margin
+    parts = [
+        f"Shadow vs cosine triplet on digits (quick-start config, mining={mining}, margin={margin}, "
+        f"{epochs} epochs, seeds {seeds[0]}..{seeds[-1]}; mean ± std over {len(seeds)} seeds; "
+        "Recall@1 on the unseen test digits after each epoch)",
+        "",
+        results_table(results, epochs),
+    ]
+    ratios = ratio_table(results)
+    if ratios:
+        parts += ["", ratios, "", "Ratio > 1: Shadow reaches 95% of its final Recall@1 in fewer epochs than triplet "
+                  "(the paper claims 1.5-2)."]
+    parts += ["silhouette: cosine, test digits, the best-on-validation checkpoint (the run's summary)."]
+    return "\n".join(parts)
+
+
+def write_json(path: Path, results: dict[str, list[RunResult]], args: argparse.Namespace, seeds: list[int]) -> None:
+    payload = {
+        "benchmark": "shadow_vs_triplet",
+        "config": {**QUICKSTART, "epochs": args.epochs, "mining": args.mining, "margin": TrainConfig().margin},
+        "variants": VARIANTS,
+        "seeds": seeds,
+        "target_fraction": TARGET_FRACTION,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "runs": {
+            name: [{**asdict(r), "final_recall_at_1": r.final_recall, "epochs_to_target": r.epochs_to_target} for r in runs]
+            for name, runs in results.items()
+        },
+    }
+    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+def log_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- command line -------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Recall@1 per epoch on digits for Shadow loss and a cosine triplet loss at the same mining.",
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
+    parser.add_argument("--epochs", type=int, default=15, help="training epochs per run (default 15)")
+    parser.add_argument("--mining", choices=MINING_MODES, default="all", help="triplet mining for every loss (default all)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="losses to compare (default: all three)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every raw curve to this JSON file")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds x 4 epochs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs = 2, 4
+    if args.seeds < 1 or args.epochs < 1:
+        parser.error("--seeds and --epochs must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = list(range(args.seeds))
+    log_progress(f"{len(args.variants)} losses x {len(seeds)} seeds x {args.epochs} epochs, "
+                 f"mining={args.mining}, {torch.get_num_threads()} torch threads")
+    results = run_all(args.variants, seeds, args.epochs, args.mining)
+    print(report(results, args.epochs, seeds, args.mining))
+    if args.json:
+        write_json(args.json, results, args, seeds)
+        log_progress(f"raw curves written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
