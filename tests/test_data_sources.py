@@ -366,3 +366,10 @@ def test_batch_with_only_bad_images_collates_to_none(dataset):
     items = [dataset[i] for i in range(len(dataset))]
     assert items == [None, None, None]
     assert collate_skip_bad(items) is None
+
+
+def test_csv_errors_name_the_file_line_even_after_blank_lines(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,split\n\nx.png,a,train\n\n\ny.png,b,bogus\n")
+    with pytest.raises(DataError, match=r"m\.csv:6"):
+        load_source(str(manifest))

@@ -106,20 +106,21 @@ def load_image_folder(root: Path) -> Source:
 
 def load_csv_manifest(path: Path) -> Source:
     with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    rows = [r for r in rows if r and any(cell.strip() for cell in r)]
+        reader = csv.reader(handle)
+        numbered = [(reader.line_num, row) for row in reader]  # line_num: the file line the row ends on
+    rows = [(line_no, row) for line_no, row in numbered if row and any(cell.strip() for cell in row)]
     if not rows:
         raise DataError(f"{path}: manifest is empty", hint="write one 'path,label[,split]' row per image")
-    header = [cell.strip().lower() for cell in rows[0]]
+    header = [cell.strip().lower() for cell in rows[0][1]]
     if "path" in header and "label" in header:
         columns = {name: header.index(name) for name in ("path", "label", "split") if name in header}
         rows = rows[1:]
     else:
         columns = {"path": 0, "label": 1}
-        if len(rows[0]) >= 3:
+        if len(rows[0][1]) >= 3:
             columns["split"] = 2
     samples: list[Sample] = []
-    for line_no, row in enumerate(rows, start=2 if "path" in header else 1):
+    for line_no, row in rows:
         try:
             raw_path, label = row[columns["path"]].strip(), row[columns["label"]].strip()
         except IndexError:

@@ -59,7 +59,7 @@ class RandomResizedCrop:
             aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
             crop_w = round(math.sqrt(target_area * aspect))
             crop_h = round(math.sqrt(target_area / aspect))
-            if 0 < crop_w <= width and 0 < crop_h <= height:
+            if 0 < crop_w <= width and 0 < crop_h <= height and crop_w * crop_h >= self.scale_min * area:
                 top = int(torch.randint(0, height - crop_h + 1, (1,), generator=generator))
                 left = int(torch.randint(0, width - crop_w + 1, (1,), generator=generator))
                 return resize(image[:, top : top + crop_h, left : left + crop_w], self.size)
