@@ -14,9 +14,7 @@ triplet loss to reach the same Recall@1):
 - test-class Recall@1 after every epoch (a benchmark may look at the test classes each epoch;
   the trainer still selects its best checkpoint on validation);
 - test Recall@1 of the untrained model (epoch 0), to show how much of the final value training adds;
-- epochs each run needs to reach 95% of its own final (last-epoch) Recall@1, and, because the
-  untrained network already retrieves digits well, epochs to 95% of its gain over epoch 0
-  (first epoch with R@1 >= R@1(0) + 0.95 (R@1(final) - R@1(0)));
+- epochs each run needs to reach 95% of its own final (last-epoch) Recall@1;
 - the silhouette (cosine) of the test classes from the run's summary (best-on-validation weights);
 - wall seconds per epoch, the median over a run's epochs (robust to other load on the machine):
   training, data loading, validation and checkpoints, not the per-epoch test evaluation added here.
@@ -87,10 +85,6 @@ class RunResult:
         return epochs_to_fraction(self.test_recall_at_1, TARGET_FRACTION)
 
     @property
-    def epochs_to_target_gain(self) -> int:
-        return epochs_to_fraction(self.test_recall_at_1, TARGET_FRACTION, start=self.initial_test_recall_at_1)
-
-    @property
     def seconds_per_epoch(self) -> float:
         return statistics.median(self.epoch_seconds)
 
@@ -157,9 +151,9 @@ def run_all(variants: list[str], seeds: list[int], epochs: int, mining: str) -> 
 
 
 # ---- statistics --------------------------------------------------------------------------
-def epochs_to_fraction(curve: list[float], fraction: float, start: float = 0.0) -> int:
-    """First epoch (1-based) whose value reaches ``start + fraction * (last value - start)``."""
-    target = start + fraction * (curve[-1] - start)
+def epochs_to_fraction(curve: list[float], fraction: float) -> int:
+    """First epoch (1-based) whose value reaches ``fraction`` of the curve's last value."""
+    target = fraction * curve[-1]
     return next(epoch for epoch, value in enumerate(curve, start=1) if value >= target)
 
 
@@ -196,7 +190,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def results_table(results: dict[str, list[RunResult]], epochs: int) -> str:
     shown = [e for e in REPORT_EPOCHS if e < epochs]
     header = ["loss", "R@1 ep 0 (init)", *(f"R@1 ep {e}" for e in shown), f"R@1 final (ep {epochs})",
-              "epochs to 95% of final", "epochs to 95% of gain", "silhouette", "s / epoch"]
+              "epochs to 95% of final", "silhouette", "s / epoch"]
     rows = []
     for name, runs in results.items():
         rows.append([
@@ -205,7 +199,6 @@ def results_table(results: dict[str, list[RunResult]], epochs: int) -> str:
             *(fmt([r.test_recall_at_1[e - 1] for r in runs]) for e in shown),
             fmt([r.final_recall for r in runs]),
             fmt([float(r.epochs_to_target) for r in runs], digits=1),
-            fmt([float(r.epochs_to_target_gain) for r in runs], digits=1),
             fmt([r.silhouette for r in runs]),
             fmt([r.seconds_per_epoch for r in runs], digits=2),
         ])
@@ -219,18 +212,15 @@ def ratio_table(results: dict[str, list[RunResult]]) -> str | None:
     rows = []
     for name in (n for n in SHADOW_VARIANTS if n in results):
         runs = results[name]
-        final_b, final_s = [r.epochs_to_target for r in baseline], [r.epochs_to_target for r in runs]
-        gain_b, gain_s = [r.epochs_to_target_gain for r in baseline], [r.epochs_to_target_gain for r in runs]
+        epochs_b, epochs_s = [r.epochs_to_target for r in baseline], [r.epochs_to_target for r in runs]
         rows.append([
             f"{BASELINE} / {name}",
-            f"{ratio_of_means(final_b, final_s):.2f}",
-            fmt(paired_ratios(final_b, final_s), digits=2),
-            f"{ratio_of_means(gain_b, gain_s):.2f}",
-            fmt(paired_ratios(gain_b, gain_s), digits=2),
+            f"{ratio_of_means(epochs_b, epochs_s):.2f}",
+            fmt(paired_ratios(epochs_b, epochs_s), digits=2),
             f"{max_curve_gap(baseline, runs):.4f}",
         ])
-    header = ["epochs-to-95% ratio", "of final: ratio of means", "of final: per-seed", "of gain: ratio of means",
-              "of gain: per-seed", "max abs. R@1 gap (any seed, epoch)"]
+    header = ["epochs to 95% of final", "ratio of means", "per-seed ratio (mean ± std)",
+              "max abs. R@1 gap (any seed, epoch)"]
     return markdown_table(header, rows)
 
 
@@ -263,8 +253,7 @@ def write_json(path: Path, results: dict[str, list[RunResult]], args: argparse.N
         "threads": torch.get_num_threads(),
         "runs": {
             name: [
-                {**asdict(r), "final_recall_at_1": r.final_recall, "epochs_to_target": r.epochs_to_target,
-                 "epochs_to_target_gain": r.epochs_to_target_gain}
+                {**asdict(r), "final_recall_at_1": r.final_recall, "epochs_to_target": r.epochs_to_target}
                 for r in runs
             ]
             for name, runs in results.items()

@@ -1,34 +1,50 @@
 """Shared fixtures: a tiny ImageFolder data set, CLI options that train in about a second on CPU,
-a CLI runner with a wide, colourless console, and one trained run shared by the read-only tests."""
+an in-process CLI runner with a wide colourless console, and one trained run for read-only tests."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-# Two OpenMP threads on a 2-core machine that is also busy elsewhere make every conv 10-50x slower
-# (threads spin at barriers); one thread keeps a tiny training run at about a second.
+# On a 2-core machine that is busy elsewhere, two OpenMP threads make each tiny conv 10-50x slower
+# (threads wait at barriers for a core); one thread keeps a tiny training run at about a second.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 NUM_CLASSES = 6
-IMAGES_PER_CLASS = 10  # val_fraction 0.2 -> 2 validation images per training class (a query needs a same-class neighbour)
+# val_fraction 0.2 of 10 images -> 2 validation images per training class, so every validation
+# query has a same-class neighbour (with 8 images there is 1, and validation MAP@R is NaN).
+IMAGES_PER_CLASS = 10
 IMAGE_SIDE = 16
+
+TINY_TRAIN_OPTIONS = [
+    "--backbone", "tiny",
+    "--input-size", "16",
+    "--dim", "16",
+    "--batch-size", "8",
+    "--samples-per-class", "4",
+    "--epochs", "2",
+    "--device", "cpu",
+]  # fmt: skip
+# With the data set below: 3 training classes x 8 images = 24 images, 3 steps per epoch;
+# 6 validation images; 30 test images of 3 unseen classes.
+TINY_STEPS_PER_EPOCH = 3
 
 
 def write_image_folder(
     root: Path, classes: int = NUM_CLASSES, per_class: int = IMAGES_PER_CLASS, side: int = IMAGE_SIDE, seed: int = 0
 ) -> Path:
     """root/class<c>/<i>.png: stripes whose orientation and period depend on the class, with a random
-    phase, a random tint and pixel noise per image, so a net can learn something but not trivially."""
+    phase, a random tint and pixel noise per image: learnable, but not so easy that the loss is 0."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:side, 0:side]
     for c in range(classes):
@@ -45,10 +61,6 @@ def write_image_folder(
     return root
 
 
-def strip_ansi(text: str) -> str:
-    return ANSI.sub("", text)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _single_torch_thread():
     import torch
@@ -61,23 +73,14 @@ def _single_torch_thread():
 
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
+    """6 classes x 10 PNGs of 16x16 px under tmp_path/images."""
     return write_image_folder(tmp_path / "images")
 
 
 @pytest.fixture(scope="session")
 def shared_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same data set, once per session, for runs shared between tests (never modify it)."""
     return write_image_folder(tmp_path_factory.mktemp("shared") / "images")
-
-
-TINY_TRAIN_OPTIONS = [
-    "--backbone", "tiny",
-    "--input-size", "16",
-    "--dim", "16",
-    "--batch-size", "8",
-    "--samples-per-class", "4",
-    "--epochs", "2",
-    "--device", "cpu",
-]
 
 
 @pytest.fixture
@@ -86,8 +89,13 @@ def tiny_train_options() -> list[str]:
     return list(TINY_TRAIN_OPTIONS)
 
 
+@pytest.fixture
+def tiny_steps_per_epoch() -> int:
+    return TINY_STEPS_PER_EPOCH
+
+
 def with_option(options: Sequence[str], name: str, value: str) -> list[str]:
-    """``options`` with ``name``'s value replaced (or the option appended)."""
+    """``options`` with ``name`` set to ``value`` (replaced in place, or appended)."""
     result = list(options)
     if name in result:
         result[result.index(name) + 1] = value
@@ -96,10 +104,38 @@ def with_option(options: Sequence[str], name: str, value: str) -> list[str]:
     return result
 
 
-class Cli:
-    """Invokes the edgedml Typer app in-process with a wide console, so one-line messages stay one line."""
+@pytest.fixture(scope="session")
+def set_option():
+    return with_option
 
-    env = {"COLUMNS": "500", "LINES": "50", "FORCE_COLOR": None, "NO_COLOR": "1", "TTY_COMPATIBLE": None}
+
+@dataclass
+class CliResult:
+    exit_code: int
+    output: str  # stdout and stderr as the user sees them, ANSI codes removed
+    stdout: str
+    exception: BaseException | None
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.output.splitlines() if line.startswith("error:")]
+
+    @property
+    def hint_lines(self) -> list[str]:
+        return [line for line in self.output.splitlines() if line.startswith("hint:")]
+
+    def __str__(self) -> str:  # shown by failing asserts
+        return f"exit code {self.exit_code}, exception {self.exception!r}\n{self.output}"
+
+
+class Cli:
+    """Invokes the ``edgedml`` Typer app in-process.
+
+    The console is made wide (COLUMNS) so that messages holding long tmp paths are not wrapped by
+    rich at the default 80 columns, and colourless so that the text can be compared.
+    """
+
+    env: dict[str, str | None] = {"COLUMNS": "1000", "LINES": "50", "NO_COLOR": "1", "FORCE_COLOR": None}
 
     def __init__(self) -> None:
         from typer.testing import CliRunner
@@ -109,35 +145,40 @@ class Cli:
         self.app = app
         self.runner = CliRunner()
 
-    def __call__(self, *args: str | os.PathLike, env: dict[str, str | None] | None = None):
+    def __call__(self, *args: str | os.PathLike, env: dict[str, str | None] | None = None) -> CliResult:
         result = self.runner.invoke(self.app, [str(a) for a in args], env={**self.env, **(env or {})})
-        return result
+        return CliResult(
+            exit_code=result.exit_code,
+            output=ANSI.sub("", result.output),
+            stdout=ANSI.sub("", result.stdout),
+            exception=result.exception,
+        )
 
 
 @pytest.fixture(scope="session")
-def cli() -> Callable[..., object]:
+def cli() -> Cli:
     return Cli()
 
 
-def output_of(result) -> str:
-    return strip_ansi(result.output)
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in output_of(result).splitlines() if line.startswith("error:")]
+@dataclass
+class TrainedRun:
+    run: Path
+    data: Path
+    output: str
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory, shared_image_folder: Path, cli) -> Path:
-    """A finished 2-epoch run, shared by tests that only read it (copy it with ``run_copy`` to change it)."""
+def trained(tmp_path_factory: pytest.TempPathFactory, shared_image_folder: Path, cli: Cli) -> TrainedRun:
+    """A finished 2-epoch run written by `edgedml train`, shared by tests that only read it."""
     run = tmp_path_factory.mktemp("trained") / "run"
     result = cli("train", "--data", shared_image_folder, "--out", run, *TINY_TRAIN_OPTIONS)
-    assert result.exit_code == 0, output_of(result)
-    return run
+    assert result.exit_code == 0, str(result)
+    return TrainedRun(run=run, data=shared_image_folder, output=result.output)
 
 
 @pytest.fixture
-def run_copy(trained_run: Path, tmp_path: Path) -> Path:
+def run_copy(trained: TrainedRun, tmp_path: Path) -> Path:
+    """A private copy of the shared trained run, free to be extended or overwritten."""
     copy = tmp_path / "run_copy"
-    shutil.copytree(trained_run, copy)
+    shutil.copytree(trained.run, copy)
     return copy

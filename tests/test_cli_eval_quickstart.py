@@ -1,0 +1,145 @@
+"""`edgedml eval`, the top-level app (help, version, lazy torch import) and `edgedml quickstart`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import edgedml
+
+
+def read_json(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---- eval -------------------------------------------------------------------------------
+
+
+def test_eval_reproduces_the_training_summary(cli, trained):
+    summary = read_json(trained.run / "summary.json")
+    result = cli("eval", trained.run, "--json")
+    assert result.exit_code == 0, str(result)
+    metrics = json.loads(result.stdout)
+    assert metrics["recall_at_1"] == pytest.approx(summary["recall_at_1"], abs=1e-6)
+    assert metrics["map_at_r"] == pytest.approx(summary["map_at_r"], abs=1e-6)
+    assert metrics["recall_at_k"] == pytest.approx(summary["recall_at_k"], abs=1e-6)
+    assert metrics["r_precision"] == pytest.approx(summary["r_precision"], abs=1e-6)
+    assert (metrics["num_queries"], metrics["num_classes"]) == (30, 3)  # the 3 unseen test classes
+
+
+def test_eval_on_the_validation_split_matches_model_selection(cli, trained):
+    summary = read_json(trained.run / "summary.json")
+    records = [json.loads(line) for line in (trained.run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    best = records[summary["best_epoch"] - 1]
+    result = cli("eval", trained.run, "--split", "val", "--json")
+    assert result.exit_code == 0, str(result)
+    metrics = json.loads(result.stdout)
+    assert (metrics["num_queries"], metrics["num_classes"]) == (6, 3)
+    # the best weights are those validated at the best epoch
+    assert metrics["recall_at_1"] == pytest.approx(best["val_recall_at_1"], abs=1e-6)
+    assert metrics["map_at_r"] == pytest.approx(best["val_map_at_r"], abs=1e-6)
+
+
+def test_eval_prints_a_table(cli, trained):
+    result = cli("eval", trained.run, "--checkpoint", "last")
+    assert result.exit_code == 0, str(result)
+    assert f"{trained.run} (last) on the test split" in result.output
+    for row in ("Recall@1", "Recall@8", "MAP@R", "R-precision", "NMI", "silhouette"):
+        assert row in result.output
+
+
+def test_eval_rejects_an_unknown_checkpoint(cli, trained):
+    result = cli("eval", trained.run, "--checkpoint", "nope")
+    assert result.exit_code != 0, str(result)
+    assert len(result.error_lines) == 1 and "--checkpoint 'nope'" in result.error_lines[0]
+    assert "best, last" in result.error_lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_eval_rejects_an_unknown_split(cli, trained):
+    result = cli("eval", trained.run, "--split", "everything")
+    assert result.exit_code != 0, str(result)
+    assert len(result.error_lines) == 1 and "--split 'everything'" in result.error_lines[0]
+
+
+def test_eval_of_a_folder_that_is_not_a_run(cli, shared_image_folder):
+    result = cli("eval", shared_image_folder)
+    assert result.exit_code != 0, str(result)
+    assert len(result.error_lines) == 1, str(result)
+    assert str(shared_image_folder) in result.error_lines[0] and "not a run directory" in result.error_lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_eval_of_a_run_without_best_weights(cli, run_copy):
+    (run_copy / "best.safetensors").unlink()
+    result = cli("eval", run_copy)
+    assert result.exit_code != 0, str(result)
+    assert len(result.error_lines) == 1 and "best.safetensors" in result.error_lines[0]
+
+
+# ---- the app ----------------------------------------------------------------------------
+
+
+def test_help_lists_the_commands(cli):
+    result = cli("--help")
+    assert result.exit_code == 0, str(result)
+    for command in ("train", "eval", "quickstart"):
+        assert command in result.output
+
+
+def test_no_arguments_shows_help(cli):
+    result = cli()
+    assert result.exit_code in (0, 2), str(result)  # click >= 8.2 exits 2 for no_args_is_help
+    assert "Usage" in result.output
+    for command in ("train", "eval", "quickstart"):
+        assert command in result.output
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.exit_code == 0, str(result)
+    assert result.output.strip() == f"edgedml {edgedml.__version__}"
+
+
+def test_train_help_lists_its_options(cli):
+    result = cli("train", "--help")
+    assert result.exit_code == 0, str(result)
+    for option in ("--out", "--data", "--config", "--resume", "--overwrite", "--loss", "--epochs", "--json"):
+        assert option in result.output
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from edgedml.cli.main import app, main\n"
+        "assert 'torch' not in sys.modules, 'importing edgedml.cli.main imported torch'\n"
+        "sys.argv = ['edgedml', '--help']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "assert 'torch' not in sys.modules, 'edgedml --help imported torch'\n"
+        "print('no torch')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "train" in done.stdout and done.stdout.strip().endswith("no torch")
+
+
+# ---- quickstart -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_quickstart_keeps_its_promise(cli, tmp_path):
+    out = tmp_path / "quickstart"
+    result = cli("quickstart", "--out", out)
+    assert result.exit_code == 0, str(result)
+    summary = read_json(out / "summary.json")
+    assert summary["test_classes"] == ["5", "6", "7", "8", "9"]  # digits never seen in training
+    assert summary["recall_at_1"] >= 0.85, summary
+    assert "next commands to try" in result.output
+    assert f"edgedml eval {out}" in result.output
+    assert "edgedml train --data" in result.output
