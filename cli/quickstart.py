@@ -49,5 +49,5 @@ def quickstart(
     console.print(f"trained in {summary['wall_s']:.1f} s ({summary['train_images_per_s']:.0f} img/s); run written to {out}")
     console.print("next commands to try:")
     console.print(f"  edgedml eval {out}")
-    console.print(f"  edgedml train --data digits --loss triplet --out runs/triplet --batch-size 60 --samples-per-class 12")
+    console.print("  edgedml train --data digits --loss triplet --out runs/triplet --batch-size 60 --samples-per-class 12")
     console.print("  edgedml train --data path/to/images --backbone mobilenetv2 --input-size 128 --out runs/mine")

@@ -50,7 +50,7 @@ def collate_skip_bad(items: list[Item | None]) -> tuple[torch.Tensor, torch.Tens
     good = [item for item in items if item is not None]
     if not good:
         return None
-    images, labels, indices = zip(*good)
+    images, labels, indices = zip(*good, strict=True)
     return torch.stack(images), torch.tensor(labels), torch.tensor(indices)
 
 

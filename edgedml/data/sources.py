@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from edgedml.registry import Registry
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 SPLITS = ("train", "val", "test")
 
-ImageRef = Union[str, np.ndarray]
+ImageRef = str | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def load_digits() -> Source:
 
     bunch = sklearn_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    samples = [Sample(image=img, label=str(int(t))) for img, t in zip(images, bunch.target)]
+    samples = [Sample(image=img, label=str(int(t))) for img, t in zip(images, bunch.target, strict=True)]
     return Source(name="digits", samples=samples, default_input_size=32)
 
 
