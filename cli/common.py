@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -25,9 +26,9 @@ RunDirArgument = Annotated[Path, typer.Argument(help="A run directory written by
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
-        err_console.print(f"[dim]hint:[/] {hint}", highlight=False)
+        err_console.print(f"[dim]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -54,7 +55,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def metrics_table(title: str, rows: list[tuple[str, Any]]) -> Table:
-    table = Table(title=title, title_justify="left", min_width=len(title) + 4)
+    table = Table(title=escape(title), title_justify="left", min_width=len(title) + 4)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in rows:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from edgedml.cli.common import console, library_errors, metric_rows, metrics_table, setup_logging
 
@@ -46,8 +47,8 @@ def quickstart(
         finally:
             progress.close()
     console.print(metrics_table("retrieval on the unseen digits 5-9", metric_rows(summary)))
-    console.print(f"trained in {summary['wall_s']:.1f} s ({summary['train_images_per_s']:.0f} img/s); run written to {out}")
+    console.print(f"trained in {summary['wall_s']:.1f} s ({summary['train_images_per_s']:.0f} img/s); run written to {escape(str(out))}")
     console.print("next commands to try:")
-    console.print(f"  edgedml eval {out}")
+    console.print(f"  edgedml eval {escape(str(out))}")
     console.print("  edgedml train --data digits --loss triplet --out runs/triplet --batch-size 60 --samples-per-class 12")
     console.print("  edgedml train --data path/to/images --backbone mobilenetv2 --input-size 128 --out runs/mine")

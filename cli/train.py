@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from edgedml.cli.common import (
     DataOption,
@@ -83,8 +84,9 @@ def train(
         print_json(summary)
         return
     console.print(metrics_table(f"test classes {', '.join(summary['test_classes'])} (never seen in training)", metric_rows(summary)))
+    root = escape(str(trainer.run.root))
     console.print(
         f"trained {summary['epochs']} epochs in {summary['wall_s']:.1f} s ({summary['train_images_per_s']:.0f} img/s); "
-        f"best epoch {summary['best_epoch']}; run in {trainer.run.root}"
+        f"best epoch {summary['best_epoch']}; run in {root}"
     )
-    console.print(f"next: edgedml eval {trainer.run.root}")
+    console.print(f"next: edgedml eval {root}")

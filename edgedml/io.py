@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _new_file_mode() -> int:
+    """The mode open() would give a new file: 0o666 less the process umask (mkstemp uses 0o600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``."""
@@ -25,6 +32,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp (and writers that recreate the file) leave 0o600; give what open() would
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else _new_file_mode())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -43,7 +52,7 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one JSON line by rewriting the file atomically (metrics files are small)."""
     target = Path(path)
     previous = target.read_text(encoding="utf-8") if target.exists() else ""
-    write_text(target, previous + json.dumps(record, sort_keys=True) + "\n")
+    write_text(target, previous + json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -69,6 +70,12 @@ def _single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def make_image_folder():
+    """``make_image_folder(root, classes=6, per_class=10, side=16, seed=0)`` writes a data set and returns root."""
+    return write_image_folder
 
 
 @pytest.fixture
@@ -135,12 +142,11 @@ class Cli:
     rich at the default 80 columns, and colourless so that the text can be compared.
     """
 
-    env: dict[str, str | None] = {"COLUMNS": "1000", "LINES": "50", "NO_COLOR": "1", "FORCE_COLOR": None}
+    env: ClassVar[dict[str, str | None]] = {"COLUMNS": "1000", "LINES": "50", "NO_COLOR": "1", "FORCE_COLOR": None}
 
     def __init__(self) -> None:
-        from typer.testing import CliRunner
-
         from edgedml.cli.main import app
+        from typer.testing import CliRunner
 
         self.app = app
         self.runner = CliRunner()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import yaml
@@ -271,3 +272,49 @@ def test_unknown_loss_lists_the_known_ones(cli, image_folder, tiny_train_options
     assert result.exit_code != 0, str(result)
     assert_one_line_error(result, "nope")
     assert "contrastive, multisimilarity, shadow, triplet" in result.hint_lines[0]
+
+
+# ---- regressions: bugs found and fixed while writing these tests ----
+
+
+def test_error_message_shows_brackets_in_paths_verbatim(cli, tiny_train_options, tmp_path):
+    missing = tmp_path / "[bold]photos"
+    result = cli("train", "--data", missing, "--out", tmp_path / "run", *tiny_train_options)
+    assert result.exit_code == 1, str(result)
+    assert_one_line_error(result, str(missing))
+
+
+def test_error_message_with_a_closing_tag_in_a_path_is_no_traceback(cli, tiny_train_options, tmp_path):
+    missing = tmp_path / "[/x]"
+    result = cli("train", "--data", missing, "--out", tmp_path / "run", *tiny_train_options)
+    assert result.exit_code == 1, str(result)
+    assert_one_line_error(result, str(missing))
+
+
+def test_long_error_stays_one_line_at_80_columns(cli, tiny_train_options, tmp_path):
+    missing = tmp_path / ("deep" * 20) / "folder"
+    result = cli("train", "--data", missing, "--out", tmp_path / "run", *tiny_train_options, env={"COLUMNS": "80"})
+    assert result.exit_code == 1, str(result)
+    assert_one_line_error(result, str(missing), "no such file or folder")
+
+
+def test_metrics_jsonl_is_strict_json_with_singleton_validation_classes(cli, tmp_path, tiny_train_options, make_image_folder):
+    data = make_image_folder(tmp_path / "images", per_class=8)  # 20% of 8 -> 1 validation image per class
+    run = tmp_path / "run"
+    result = cli("train", "--data", data, "--out", run, *tiny_train_options)
+    assert result.exit_code == 0, str(result)
+
+    def reject(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line, parse_constant=reject)
+        assert all(math.isfinite(record[key]) for key in ("val_recall_at_1", "val_map_at_r") if key in record)
+
+
+def test_run_files_respect_the_umask(trained):
+    previous = os.umask(0)
+    os.umask(previous)
+    expected = 0o666 & ~previous
+    modes = {p.name: p.stat().st_mode & 0o777 for p in trained.run.iterdir()}
+    assert modes == {name: expected for name in modes}, modes

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgedml.errors import DataError
+
 RECALL_KS = (1, 2, 4, 8)
 
 
@@ -77,12 +79,17 @@ def recall_and_map(
     depth = int(max(max(ks), int(r_per_query.max())))
     neighbours, _ = ranked_neighbours(embeddings.cpu(), depth)
     hits = labels[neighbours] == labels[:, None]  # (N, depth)
-    recall = {k: float(hits[:, :k].any(dim=1).float().mean()) for k in ks}
+    valid = r_per_query > 0  # a query with no other item of its class has nothing to retrieve
+    if not bool(valid.any()):
+        raise DataError(
+            "no class has two or more images, so retrieval metrics are undefined",
+            hint="evaluate on a split with at least two images per class",
+        )
+    recall = {k: float(hits[valid, :k].any(dim=1).float().mean()) for k in ks}
     positions = torch.arange(1, hits.shape[1] + 1)
     within_r = positions[None, :] <= r_per_query[:, None]
     relevant = hits & within_r
     precision_at_i = relevant.cumsum(dim=1).float() / positions
-    valid = r_per_query > 0
     r = r_per_query.clamp(min=1).float()
     map_at_r = (precision_at_i * relevant).sum(dim=1) / r
     r_precision = relevant.sum(dim=1).float() / r

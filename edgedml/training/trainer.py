@@ -14,6 +14,7 @@ import math
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -108,6 +109,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
         self.progress = Progress(skipped_images=self.skipped)
         self._stop_requested = False
+        val_counts = Counter(s.label for s in self.splits.val)
+        self._can_validate = any(count >= 2 for count in val_counts.values())
+        if self.splits.val and not self._can_validate:
+            log.warning("no validation class has 2 images; selecting the latest epoch (raise --val-fraction)")
 
     # ---- public -------------------------------------------------------------------
     @classmethod
@@ -137,8 +142,8 @@ class Trainer:
                 stale.unlink(missing_ok=True)
         handler = _attach_log_file(self.run.log)
         try:
+            write_text(self.run.config, self.config.to_yaml())  # on resume, records an extended --epochs
             if fresh:
-                write_text(self.run.config, self.config.to_yaml())
                 if self.skipped:
                     log.warning("skipped %d unusable image(s): %s", len(self.skipped), "; ".join(self.skipped))
             self._train_epochs()
@@ -205,7 +210,7 @@ class Trainer:
             loss = self.loss_fn(embeddings.float(), labels)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"loss became {float(loss)} at epoch {progress.epoch + 1}, step {progress.step + 1} "
+                    f"loss became {loss.item()} at epoch {progress.epoch + 1}, step {progress.step + 1} "
                     f"(global step {progress.global_step + 1}); weights were not updated",
                     hint=f"{self.run.last} holds the last good checkpoint; lower --lr or check the data",
                 )
@@ -232,7 +237,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_images_per_s": progress.images_seen / max(progress.train_seconds, 1e-9),
         }
-        if self.splits.val:
+        if self._can_validate:
             record.update({f"val_{k}": v for k, v in self._validate().items()})
             score = [record["val_recall_at_1"], record["val_map_at_r"]]  # MAP@R breaks Recall@1 ties
         else:
