@@ -112,7 +112,8 @@ class TestRecallRecorder(TrainCallbacks):
     def _test_recall(self) -> float:
         trainer = self.trainer
         assert trainer is not None, "attach the trainer before fit()"
-        metrics = evaluate_split(trainer.model, trainer.splits.test, trainer.config.input_size, trainer.device, full=False)
+        config = trainer.config
+        metrics = evaluate_split(trainer.model, trainer.splits.test, config.input_size, trainer.device, full=False)
         return metrics["recall_at_1"]
 
 
@@ -173,11 +174,16 @@ def ratio_of_means(numerator: list[int], denominator: list[int]) -> float:
 
 def paired_ratios(numerator: list[int], denominator: list[int]) -> list[float]:
     """Per-seed ratios (both lists are in the same seed order)."""
-    return [a / b for a, b in zip(numerator, denominator)]
+    return [a / b for a, b in zip(numerator, denominator, strict=True)]
 
 
 def max_curve_gap(a: list[RunResult], b: list[RunResult]) -> float:
-    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra.test_recall_at_1, rb.test_recall_at_1))
+    """Largest |Recall@1 difference| between two losses' runs at the same seed and epoch."""
+    return max(
+        abs(x - y)
+        for ra, rb in zip(a, b, strict=True)
+        for x, y in zip(ra.test_recall_at_1, rb.test_recall_at_1, strict=True)
+    )
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -226,19 +232,24 @@ def ratio_table(results: dict[str, list[RunResult]]) -> str | None:
 
 def report(results: dict[str, list[RunResult]], epochs: int, seeds: list[int], mining: str) -> str:
     margin = run_config(None, seeds[0], epochs, mining).margin
-    parts = [
+    title = (
         f"Shadow vs cosine triplet on digits (quick-start config, mining={mining}, margin={margin}, "
         f"{epochs} epochs, seeds {seeds[0]}..{seeds[-1]}; mean ± std over {len(seeds)} seeds; "
-        "Recall@1 on the unseen test digits after each epoch)",
-        "",
-        results_table(results, epochs),
-    ]
+        "Recall@1 on the unseen test digits after each epoch)"
+    )
+    parts = [title, "", results_table(results, epochs)]
     ratios = ratio_table(results)
     if ratios:
-        parts += ["", ratios, "", "Ratio > 1: Shadow reaches 95% of its final Recall@1 in fewer epochs than triplet "
-                  "(the paper claims 1.5-2)."]
-    parts += ["silhouette: cosine, test digits, the best-on-validation checkpoint (the run's summary); "
-              "s / epoch: median epoch wall time of each run, without the per-epoch test evaluation."]
+        ratio_note = (
+            "Ratio > 1: Shadow reaches 95% of its final Recall@1 in fewer epochs than triplet "
+            "(the paper claims 1.5-2)."
+        )
+        parts += ["", ratios, "", ratio_note]
+    notes = (
+        "silhouette: cosine, test digits, the best-on-validation checkpoint (the run's summary); "
+        "s / epoch: median epoch wall time of each run, without the per-epoch test evaluation."
+    )
+    parts.append(notes)
     return "\n".join(parts)
 
 
@@ -273,10 +284,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
     parser.add_argument("--epochs", type=int, default=15, help="training epochs per run (default 15)")
-    parser.add_argument("--mining", choices=MINING_MODES, default="all", help="triplet mining for every loss (default all)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="losses to compare (default: all three)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every raw curve to this JSON file")
+    parser.add_argument(
+        "--mining", choices=MINING_MODES, default="all", help="triplet mining for every loss (default all)"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+        help="losses to compare (default: all three)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="PATH", help="write every raw curve to this JSON file"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds x 4 epochs")
     args = parser.parse_args(argv)
