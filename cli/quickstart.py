@@ -16,6 +16,7 @@ QUICKSTART = {
     "backbone": "tiny",
     "dim": 64,
     "loss": "shadow",
+    "normalize": False,  # raw shadow projections: on unit vectors Shadow is exactly a cosine triplet
     "mining": "all",
     "batch_size": 60,
     "samples_per_class": 12,
@@ -47,8 +48,16 @@ def quickstart(
         finally:
             progress.close()
     console.print(metrics_table("retrieval on the unseen digits 5-9", metric_rows(summary)))
-    console.print(f"trained in {summary['wall_s']:.1f} s ({summary['train_images_per_s']:.0f} img/s); run written to {escape(str(out))}")
+    console.print(
+        f"before training: Recall@1 {summary['untrained_recall_at_1']:.4f}, MAP@R {summary['untrained_map_at_r']:.4f}; "
+        f"after: Recall@1 {summary['recall_at_1']:.4f}, MAP@R {summary['map_at_r']:.4f}",
+        soft_wrap=True,
+    )
+    console.print(f"trained in {summary['wall_s']:.1f} s ({summary['train_images_per_s']:.0f} img/s); run written to {escape(str(out))}", soft_wrap=True)
     console.print("next commands to try:")
-    console.print(f"  edgedml eval {escape(str(out))}")
-    console.print("  edgedml train --data digits --loss triplet --out runs/triplet --batch-size 60 --samples-per-class 12")
-    console.print("  edgedml train --data path/to/images --backbone mobilenetv2 --input-size 128 --out runs/mine")
+    for command in (
+        f"edgedml eval {escape(str(out))}",
+        "edgedml train --data digits --loss triplet --out runs/triplet --batch-size 60 --samples-per-class 12",
+        "edgedml train --data path/to/images --backbone mobilenetv2 --input-size 128 --out runs/mine",
+    ):
+        console.print(f"  {command}", soft_wrap=True)

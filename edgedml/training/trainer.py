@@ -82,6 +82,7 @@ class Progress:
     epoch_loss_sum: float = 0.0
     epoch_batches: int = 0
     skipped_images: list[str] = field(default_factory=list)
+    untrained: dict[str, float] = field(default_factory=dict)  # test Recall@1 / MAP@R before training
 
 
 class Trainer:
@@ -146,6 +147,8 @@ class Trainer:
             if fresh:
                 if self.skipped:
                     log.warning("skipped %d unusable image(s): %s", len(self.skipped), "; ".join(self.skipped))
+                # The baseline the summary compares with: what training bought on the unseen classes.
+                self.progress.untrained = self._test_metrics(full=False)
             self._train_epochs()
             return self._finish()
         finally:
@@ -253,6 +256,9 @@ class Trainer:
         self._save_last()
         self.callbacks.on_epoch_end(record)
 
+    def _test_metrics(self, full: bool):
+        return evaluate_split(self.model, self.splits.test, self.config.input_size, self.device, full=full, seed=self.config.seed)
+
     def _validate(self) -> dict[str, float]:
         return evaluate_split(self.model, self.splits.val, self.config.input_size, self.device, full=False)
 
@@ -260,10 +266,12 @@ class Trainer:
         self.callbacks.on_test()
         tensors, _ = load_checkpoint(self.run.best)
         self.model.load_state_dict(strip_prefix(MODEL, tensors))
-        metrics = evaluate_split(self.model, self.splits.test, self.config.input_size, self.device, seed=self.config.seed)
+        metrics = self._test_metrics(full=True)
         progress = self.progress
         summary = {
             **metrics.to_dict(),
+            "untrained_recall_at_1": progress.untrained.get("recall_at_1"),
+            "untrained_map_at_r": progress.untrained.get("map_at_r"),
             "epochs": progress.epoch,
             "best_epoch": progress.best_epoch,
             "wall_s": progress.train_seconds,
