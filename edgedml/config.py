@@ -20,6 +20,7 @@ MINING_MODES = ("all", "hard", "semihard")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "none")
 DEVICES = ("auto", "cpu", "cuda")
+MEMORY_KINDS = ("none", "xbm", "xbn", "axbn")
 
 
 @dataclass
@@ -46,6 +47,16 @@ class TrainConfig:
     optimizer: str = "adamw"  # (str) adamw | adam | sgd
     weight_decay: float = 1e-4  # (float) decoupled (adamw) or L2 (adam, sgd) weight decay
     scheduler: str = "cosine"  # (str) cosine | none, over all training steps
+    memory: str = "none"  # (str) cross-batch memory: none | xbm | xbn (batch moments) | axbn (Kalman-filtered moments)
+    memory_size: float = 8192  # (float) memory slots: a count (> 1) or a fraction (0, 1] of the training images
+    memory_storage: str = "fp32"  # (str) fp32 | fp16 storage of the stored embeddings
+    memory_warmup: int = 1000  # (int) iterations before the memory is filled or used
+    memory_weight: float = 1.0  # (float) w in loss = batch_loss + w * memory_loss
+    memory_batch_loss: bool = True  # (bool) keep the batch-only loss term next to the memory term (official XBM)
+    axbn_q: float = 1.0  # (float) AXBN process noise q
+    axbn_r: float = 0.01  # (float) AXBN measurement noise r (divided by the batch size); 0 gives XBN
+    axbn_p0: float = 1.0  # (float) AXBN initial estimate variance
+    axbn_gain_interval: int = 100  # (int) AXBN: iterations between Kalman gain updates
     seed: int = 0  # (int) seeds weights, sampling, augmentation and splits
     device: str = "auto"  # (str) auto | cpu | cuda
     amp: bool = False  # (bool) mixed precision (CUDA only)
@@ -112,6 +123,18 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("device", self.device, DEVICES)
+        _choice("memory", self.memory, MEMORY_KINDS)
+        _choice("memory_storage", self.memory_storage, ("fp32", "fp16"))
+        if self.memory_size <= 0 or (self.memory_size > 1 and not float(self.memory_size).is_integer()):
+            raise ConfigError(
+                f"--memory-size {self.memory_size}: give a whole count (> 1) or a fraction in (0, 1] of the training set"
+            )
+        if self.memory_warmup < 0:
+            raise ConfigError(f"--memory-warmup must be >= 0, got {self.memory_warmup}")
+        if self.axbn_q < 0 or self.axbn_r < 0 or self.axbn_p0 < 0:
+            raise ConfigError("--axbn-q, --axbn-r and --axbn-p0 must be >= 0")
+        if self.axbn_gain_interval < 1:
+            raise ConfigError(f"--axbn-gain-interval must be >= 1, got {self.axbn_gain_interval}")
         _positive("dim", self.dim)
         _positive("batch_size", self.batch_size)
         _positive("epochs", self.epochs)

@@ -32,6 +32,10 @@ class CheckpointError(EdgedmlError):
     """A run directory or checkpoint is missing, incomplete or incompatible."""
 
 
+class TrainingError(EdgedmlError):
+    """Training cannot go on (a diverged distributed state, a setting that cannot work)."""
+
+
 class NonFiniteLossError(EdgedmlError):
     """The loss became NaN or infinite; the run stopped before updating the weights."""
 

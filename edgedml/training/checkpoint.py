@@ -2,7 +2,8 @@
 
 ``best.safetensors`` holds the model weights; ``last.safetensors`` also holds what resuming
 needs (optimizer state, epoch and step, the AMP scaler, RNG state and running totals).
-Keys are prefixed by what they belong to: ``model.``, ``optimizer.``, ``rng.``.
+Keys are prefixed by what they belong to: ``model.``, ``loss.`` (a cross-batch memory's buffers and
+filter state), ``optimizer.``, ``rng.``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edgedml.errors import CheckpointError
 from edgedml.io import write_with
 
 MODEL = "model."
+LOSS = "loss."
 OPTIMIZER = "optimizer."
 RNG = "rng."
 

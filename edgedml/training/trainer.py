@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from edgedml import __version__
@@ -38,8 +40,10 @@ from edgedml.data import (
 from edgedml.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingInterrupted
 from edgedml.io import append_jsonl, write_json, write_text
 from edgedml.losses import create_loss
+from edgedml.memory import CrossBatchLoss, CrossBatchMemory, build_memory_adapter, local_gather, resolve_memory_size
 from edgedml.models import EmbeddingModel, build_model
 from edgedml.training.checkpoint import (
+    LOSS,
     MODEL,
     RNG,
     load_checkpoint,
@@ -50,6 +54,13 @@ from edgedml.training.checkpoint import (
     with_prefix,
 )
 from edgedml.training.device import resolve_device
+from edgedml.training.distributed import (
+    RawEmbedding,
+    check_identical_across_ranks,
+    cleanup,
+    gather_in_rank_order,
+    init_from_environment,
+)
 from edgedml.training.evaluate import evaluate_split
 from edgedml.training.run import RunDir, config_hash
 
@@ -103,9 +114,21 @@ class Trainer:
             self.splits.train, self.class_to_index, train_transform(config.input_size, config.crop_scale, config.hflip)
         )
         self.sampler = PKSampler(self.dataset.labels, config.classes_per_batch, config.samples_per_class, config.seed)
+        self.dist = init_from_environment(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if len(self.sampler) < self.dist.world_size:
+            raise ConfigError(
+                f"an epoch has {len(self.sampler)} batches, fewer than the {self.dist.world_size} ranks",
+                hint="lower --batch-size or use fewer processes",
+            )
         torch.manual_seed(config.seed)
         self.model: EmbeddingModel = build_model(config.backbone, config.dim, config.weights).to(self.device)
-        self.loss_fn = create_loss(config.loss, config.margin, config.mining, config.normalize).to(self.device)
+        self.forward_train: nn.Module = RawEmbedding(self.model)
+        if self.dist.enabled:
+            device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.forward_train = DistributedDataParallel(self.forward_train, device_ids=device_ids)
+        self.loss_fn = self._build_loss().to(self.device)
         self.optimizer = _make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
         self.progress = Progress(skipped_images=self.skipped)
@@ -114,6 +137,37 @@ class Trainer:
         self._can_validate = any(count >= 2 for count in val_counts.values())
         if self.splits.val and not self._can_validate:
             log.warning("no validation class has 2 images; selecting the latest epoch (raise --val-fraction)")
+
+    def _build_loss(self) -> nn.Module:
+        config = self.config
+        loss = create_loss(config.loss, config.margin, config.mining, config.normalize)
+        if config.memory == "none":
+            return loss
+        size = resolve_memory_size(config.memory_size, len(self.splits.train))
+        memory = CrossBatchMemory(size, config.dim, config.memory_storage)
+        adapter = build_memory_adapter(
+            config.memory, config.dim, config.axbn_q, config.axbn_r, config.axbn_p0, config.axbn_gain_interval
+        )
+        total_steps = config.epochs * self.steps_per_epoch
+        if config.memory_warmup >= total_steps:
+            log.warning(
+                "--memory-warmup %d >= the run's %d iterations: the memory will never be used (lower --memory-warmup)",
+                config.memory_warmup, total_steps,
+            )
+        log.info("cross-batch memory: %s, %d slots x %d dims (%s)", config.memory, size, config.dim, config.memory_storage)
+        gather = gather_in_rank_order if self.dist.enabled else local_gather
+        return CrossBatchLoss(
+            loss, memory, adapter, config.memory_warmup, config.memory_weight, config.memory_batch_loss, gather
+        )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Each rank takes every world_size-th batch of the shared schedule."""
+        return len(self.sampler) // self.dist.world_size
+
+    def _rank_batches(self, epoch: int) -> list[list[int]]:
+        batches = self.sampler.batches(epoch)[self.dist.rank :: self.dist.world_size]
+        return batches[: self.steps_per_epoch]
 
     # ---- public -------------------------------------------------------------------
     @classmethod
@@ -137,32 +191,37 @@ class Trainer:
                 f"{self.run.root} already holds a run",
                 hint=f"resume it with --resume {self.run.root}, pick another --out, or pass --overwrite",
             )
-        self.run.root.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            for stale in (self.run.metrics, self.run.summary, self.run.best, self.run.last, self.run.log):
-                stale.unlink(missing_ok=True)
-        handler = _attach_log_file(self.run.log)
-        try:
-            write_text(self.run.config, self.config.to_yaml())  # on resume, records an extended --epochs
+        main = self.dist.is_main
+        if main:
+            self.run.root.mkdir(parents=True, exist_ok=True)
             if fresh:
+                for stale in (self.run.metrics, self.run.summary, self.run.best, self.run.last, self.run.log):
+                    stale.unlink(missing_ok=True)
+        handler = _attach_log_file(self.run.log) if main else None
+        try:
+            if main:
+                write_text(self.run.config, self.config.to_yaml())  # on resume, records an extended --epochs
+            if fresh and main:
                 if self.skipped:
                     log.warning("skipped %d unusable image(s): %s", len(self.skipped), "; ".join(self.skipped))
                 # The baseline the summary compares with: what training bought on the unseen classes.
                 self.progress.untrained = self._test_metrics(full=False)
             self._train_epochs()
-            return self._finish()
+            return self._finish() if main else {}
         finally:
-            logging.getLogger("edgedml").removeHandler(handler)
-            handler.close()
+            if handler is not None:
+                logging.getLogger("edgedml").removeHandler(handler)
+                handler.close()
+            if self.dist.enabled:
+                cleanup()
 
     # ---- loop ---------------------------------------------------------------------
     def _train_epochs(self) -> None:
         config, progress = self.config, self.progress
-        steps = len(self.sampler)
-        self.callbacks.on_start(config.epochs, steps, progress.epoch, progress.step)
+        self.callbacks.on_start(config.epochs, self.steps_per_epoch, progress.epoch, progress.step)
         self.model.train()
         while progress.epoch < config.epochs:
-            batches = self.sampler.batches(progress.epoch)
+            batches = self._rank_batches(progress.epoch)
             keys = [
                 [(index, sample_seed(config.seed, progress.epoch, b, pos)) for pos, index in enumerate(batch)]
                 for b, batch in enumerate(batches)
@@ -173,7 +232,7 @@ class Trainer:
             with self._stop_on_ctrl_c():
                 for batch in loader:
                     self._train_step(batch)
-                    if self._stop_requested:
+                    if self._stop_agreed():
                         self._save_last()
                         raise TrainingInterrupted(
                             f"interrupted at epoch {progress.epoch + 1}, step {progress.step}; saved {self.run.last}",
@@ -200,6 +259,14 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    def _stop_agreed(self) -> bool:
+        """Under DDP every rank stops at the same step, when any rank saw Ctrl-C."""
+        if not self.dist.enabled:
+            return self._stop_requested
+        flag = torch.tensor([float(self._stop_requested)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     def _train_step(self, batch) -> None:
         progress, config = self.progress, self.config
         started = time.perf_counter()
@@ -209,7 +276,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr(progress.global_step)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=config.amp):
-                embeddings = self.model.embed_raw(images)
+                embeddings = self.forward_train(images)
             loss = self.loss_fn(embeddings.float(), labels)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
@@ -233,6 +300,8 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         progress = self.progress
+        if self.dist.enabled:
+            check_identical_across_ranks(self.loss_fn.state_dict(), "the cross-batch memory")
         record: dict[str, Any] = {
             "epoch": progress.epoch + 1,
             "global_step": progress.global_step,
@@ -240,7 +309,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_images_per_s": progress.images_seen / max(progress.train_seconds, 1e-9),
         }
-        if self._can_validate:
+        if self._can_validate and self.dist.is_main:
             record.update({f"val_{k}": v for k, v in self._validate().items()})
             score = [record["val_recall_at_1"], record["val_map_at_r"]]  # MAP@R breaks Recall@1 ties
         else:
@@ -250,11 +319,14 @@ class Trainer:
         progress.epoch_loss_sum, progress.epoch_batches = 0.0, 0
         if score > progress.best_score:
             progress.best_score, progress.best_epoch = score, progress.epoch
-            save_checkpoint(self.run.best, with_prefix(MODEL, self.model.state_dict()), self._model_metadata())
+            if self.dist.is_main:
+                save_checkpoint(self.run.best, with_prefix(MODEL, self.model.state_dict()), self._model_metadata())
         record["best_epoch"] = progress.best_epoch
-        append_jsonl(self.run.metrics, record)
+        if self.dist.is_main:
+            append_jsonl(self.run.metrics, record)
         self._save_last()
-        self.callbacks.on_epoch_end(record)
+        if self.dist.is_main:
+            self.callbacks.on_epoch_end(record)
 
     def _test_metrics(self, full: bool):
         return evaluate_split(self.model, self.splits.test, self.config.input_size, self.device, full=full, seed=self.config.seed)
@@ -292,15 +364,22 @@ class Trainer:
     def _lr(self, global_step: int) -> float:
         if self.config.scheduler == "none":
             return self.config.lr
-        total = self.config.epochs * len(self.sampler)
+        total = self.config.epochs * self.steps_per_epoch
         return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * min(global_step, total) / total))
 
     def _model_metadata(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "config_hash": config_hash(self.config), "epoch": self.progress.epoch}
 
     def _save_last(self) -> None:
+        if not self.dist.is_main:
+            return
         optimizer_tensors, optimizer_meta = optimizer_to_flat(self.optimizer)
-        tensors = {**with_prefix(MODEL, self.model.state_dict()), **optimizer_tensors, RNG + "torch": torch.get_rng_state()}
+        tensors = {
+            **with_prefix(MODEL, self.model.state_dict()),
+            **with_prefix(LOSS, self.loss_fn.state_dict()),  # the cross-batch memory and its filters
+            **optimizer_tensors,
+            RNG + "torch": torch.get_rng_state(),
+        }
         metadata = {
             **self._model_metadata(),
             "progress": vars(self.progress),
@@ -317,6 +396,7 @@ class Trainer:
                 hint="restore the run's config.yaml, or start a new run",
             )
         self.model.load_state_dict(strip_prefix(MODEL, tensors))
+        self.loss_fn.load_state_dict(strip_prefix(LOSS, tensors))
         optimizer_from_flat(self.optimizer, tensors, metadata["optimizer"])
         if metadata.get("scaler"):
             self.scaler.load_state_dict(metadata["scaler"])

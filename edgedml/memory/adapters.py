@@ -1,0 +1,82 @@
+"""Adapting stored embeddings to representational drift: XBN and AXBN (seed 003; METHODS.md §3).
+
+Before the loss at each iteration every stored embedding is moved, per dimension, from the
+memory's own moments to target moments::
+
+    ẑ = (z − mean(R)) / std(R) · σ̂ + μ̂
+
+- XBN: (μ̂, σ̂) are the current batch's mean and std.
+- AXBN: (μ̂, σ̂) are Kalman-filter estimates of the data set's mean and std from the noisy batch
+  observations: one scalar filter per dimension and statistic, static state model,
+  ``P ← P + q``, ``K = P / (P + r/|B|)`` (recomputed every ``gain_interval`` iterations, held
+  between), ``u ← u + K (v − u)``, ``P ← (1 − K) P``. With r = 0 the gain is 1 and AXBN is XBN.
+
+Standard deviations are the unbiased estimators on both sides and are clamped away from zero.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+STD_FLOOR = 1e-6
+
+
+def moments(embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and (unbiased, floored) std of (N, D) embeddings."""
+    mean = embeddings.mean(dim=0)
+    std = embeddings.std(dim=0) if len(embeddings) > 1 else torch.zeros_like(mean)
+    return mean, std.clamp(min=STD_FLOOR)
+
+
+def renormalize(stored: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor) -> torch.Tensor:
+    """Move (F, D) stored embeddings to the target per-dimension moments."""
+    mean, std = moments(stored)
+    return (stored - mean) / std * target_std + target_mean
+
+
+class XBNAdapter(nn.Module):
+    """Cross-batch normalization: match the memory to the current batch's first two moments."""
+
+    def forward(self, stored: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        return renormalize(stored, *moments(batch))
+
+
+class KalmanMoments(nn.Module):
+    """Independent scalar Kalman filters, one per element of a (D,) statistic, static state model."""
+
+    def __init__(self, dim: int, q: float, r: float, p0: float, gain_interval: int):
+        super().__init__()
+        if gain_interval < 1:
+            raise ValueError(f"gain_interval must be >= 1, got {gain_interval}")
+        self.q, self.r, self.gain_interval = q, r, gain_interval
+        self.register_buffer("estimate", torch.zeros(dim))
+        self.register_buffer("variance", torch.full((dim,), float(p0)))
+        self.register_buffer("gain", torch.ones(dim))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, observation: torch.Tensor, batch_size: int) -> torch.Tensor:
+        self.variance += self.q
+        if int(self.steps) % self.gain_interval == 0:
+            denominator = self.variance + self.r / batch_size
+            self.gain.copy_(torch.where(denominator > 0, self.variance / denominator.clamp(min=1e-30), 1.0))
+        self.estimate += self.gain * (observation - self.estimate)
+        self.variance *= 1.0 - self.gain
+        self.steps += 1
+        return self.estimate.clone()
+
+
+class AXBNAdapter(nn.Module):
+    """Adaptive cross-batch normalization: XBN with Kalman-filtered target moments."""
+
+    def __init__(self, dim: int, q: float = 1.0, r: float = 0.01, p0: float = 1.0, gain_interval: int = 100):
+        super().__init__()
+        self.mean_filter = KalmanMoments(dim, q, r, p0, gain_interval)
+        self.std_filter = KalmanMoments(dim, q, r, p0, gain_interval)
+
+    def forward(self, stored: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        batch_mean, batch_std = moments(batch)
+        target_mean = self.mean_filter.update(batch_mean, len(batch))
+        target_std = self.std_filter.update(batch_std, len(batch)).clamp(min=STD_FLOOR)
+        return renormalize(stored, target_mean, target_std)
