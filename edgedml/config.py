@@ -37,7 +37,7 @@ class TrainConfig:
     weights: str | None = None  # (str) local backbone weight file (.safetensors); never downloaded
     dim: int = 64  # (int) embedding dimension
     loss: str = "shadow"  # (str) shadow | triplet | contrastive | multisimilarity
-    mining: str = "all"  # (str) all | hard | semihard triplets (shadow and triplet)
+    mining: str | None = None  # (str) all | hard | semihard triplets (shadow, triplet); None: hard with a memory, else all
     margin: float = 0.2  # (float) triplet margin m
     normalize: bool = True  # (bool) shadow: L2-normalize embeddings before the loss (the paper's choice)
     batch_size: int = 64  # (int) images per batch, P classes x K images
@@ -119,6 +119,8 @@ class TrainConfig:
                 raise ConfigError(f"{origin}: {f.name} must be {kind}, got {value!r}") from None
 
     def validate(self) -> None:
+        if self.mining is None:  # batch-all against thousands of stored items is rarely what one wants
+            self.mining = "hard" if self.memory != "none" else "all"
         _choice("mining", self.mining, MINING_MODES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)

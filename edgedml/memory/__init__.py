@@ -1,7 +1,7 @@
 """Cross-batch memory (XBM) and its drift adapters (XBN, AXBN): small batches that see many negatives."""
 
 from edgedml.config import MEMORY_KINDS
-from edgedml.memory.adapters import AXBNAdapter, KalmanMoments, XBNAdapter, moments, renormalize
+from edgedml.memory.adapters import AXBNAdapter, KalmanMoments, XBNAdapter, affine_to, moments, renormalize
 from edgedml.memory.bank import STORAGE_DTYPES, CrossBatchMemory
 from edgedml.memory.cross_batch import CrossBatchLoss, build_memory_adapter, local_gather
 
@@ -25,6 +25,7 @@ __all__ = [
     "MEMORY_KINDS",
     "STORAGE_DTYPES",
     "XBNAdapter",
+    "affine_to",
     "build_memory_adapter",
     "local_gather",
     "moments",

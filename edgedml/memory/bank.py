@@ -58,9 +58,10 @@ class CrossBatchMemory(nn.Module):
         return self.embeddings[:filled].float(), self.labels[:filled]
 
     @torch.no_grad()
-    def overwrite(self, embeddings: torch.Tensor) -> None:
-        """Write adapted embeddings (F, D) back over the filled part."""
-        self.embeddings[: len(embeddings)] = embeddings.to(self.embeddings.dtype)
+    def transform_(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Apply ``z ← z * scale + shift`` (per dimension) to the filled part, in place."""
+        filled = self.embeddings[: int(self.filled)]
+        filled.mul_(scale.to(filled.dtype)).add_(shift.to(filled.dtype))
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.embeddings.shape[1]}, storage={self.embeddings.dtype}"

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgedml.memory.adapters import AXBNAdapter, XBNAdapter
+from edgedml.memory.adapters import AXBNAdapter, XBNAdapter, affine_to
 from edgedml.memory.bank import CrossBatchMemory
 
 # (embeddings (S, D), labels (S,)) -> (all ranks' embeddings, all labels, offset of this rank's rows)
@@ -78,7 +78,7 @@ class CrossBatchLoss(nn.Module):
         if self.adapter is None or int(self.memory.filled) < 2:
             return
         stored, _ = self.memory.contents()
-        self.memory.overwrite(self.adapter(stored, batch))
+        self.memory.transform_(*affine_to(stored, *self.adapter.targets(batch)))
 
 
 def build_memory_adapter(kind: str, dim: int, q: float, r: float, p0: float, gain_interval: int) -> nn.Module | None:
