@@ -1,5 +1,6 @@
 """Data sources, class-disjoint splits, P x K sampling, plain-torch transforms."""
 
+from edgedml.data import glyphs as _glyphs  # noqa: F401  registers the glyphs source
 from edgedml.data.dataset import ImageDataset, collate_skip_bad, sample_seed
 from edgedml.data.images import load_image, scan_samples
 from edgedml.data.prepare import PreparedData, prepare_data
