@@ -32,7 +32,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # (float) fraction of each training class held out for model selection
     input_size: int | None = None  # (int) square input side in pixels; None picks the source's default (digits 32, images 128)
     hflip: bool = False  # (bool) random horizontal flips during training
-    crop_scale: float = 0.6  # (float) smallest area fraction of the random resized crop (1.0 disables cropping)
+    crop_scale: float | None = None  # (float) smallest area of the random resized crop (1.0 disables); None: per source (glyphs 1.0, others 0.6)
     backbone: str = "tiny"  # (str) backbone name (edgedml models list), or timm:<name> when timm is installed
     weights: str | None = None  # (str) local backbone weight file (.safetensors); never downloaded
     dim: int = 64  # (int) embedding dimension
@@ -160,7 +160,7 @@ class TrainConfig:
             raise ConfigError(f"--train-classes must lie in (0, 1), got {self.train_classes}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
-        if not 0.0 < self.crop_scale <= 1.0:
+        if self.crop_scale is not None and not 0.0 < self.crop_scale <= 1.0:
             raise ConfigError(f"--crop-scale must lie in (0, 1], got {self.crop_scale}")
         if self.input_size is not None and self.input_size < 8:
             raise ConfigError(f"--input-size must be at least 8 pixels, got {self.input_size}")

@@ -300,7 +300,7 @@ def build_glyphs(side: int = 32, margin: int = 2, copies: int = 2, min_fonts: in
     and ``copies`` augmented ``side`` x ``side`` images per (character, font); the label is the character."""
     rendered = render_glyphs(side, margin, copies, min_fonts, seed)
     samples = [Sample(image=image, label=character) for character, _, image in rendered]
-    return Source(name="glyphs", samples=samples, default_input_size=side)
+    return Source(name="glyphs", samples=samples, default_input_size=side, default_crop_scale=1.0)
 
 
 @named_sources.register("glyphs")

@@ -14,6 +14,7 @@ class PreparedData:
     splits: Splits
     skipped: list[str]  # "path (reason)" for each unusable image
     default_input_size: int
+    default_crop_scale: float
 
 
 def prepare_data(spec: str, train_classes: float, val_fraction: float, seed: int) -> PreparedData:
@@ -23,4 +24,5 @@ def prepare_data(spec: str, train_classes: float, val_fraction: float, seed: int
         splits=class_disjoint_split(scan.usable, train_classes, val_fraction, seed),
         skipped=[f"{path} ({why})" for path, why in scan.skipped],
         default_input_size=source.default_input_size,
+        default_crop_scale=source.default_crop_scale,
     )

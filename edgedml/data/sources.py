@@ -43,6 +43,7 @@ class Source:
     name: str
     samples: list[Sample]
     default_input_size: int
+    default_crop_scale: float = 0.6  # random-resized-crop area floor that suits this kind of image
 
     @property
     def classes(self) -> list[str]:

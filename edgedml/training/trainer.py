@@ -106,6 +106,8 @@ class Trainer:
         prepared = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed)
         if config.input_size is None:
             config.input_size = prepared.default_input_size
+        if config.crop_scale is None:
+            config.crop_scale = prepared.default_crop_scale
         self.config = config
         self.splits: Splits = prepared.splits
         self.skipped = prepared.skipped
