@@ -318,3 +318,24 @@ def test_run_files_respect_the_umask(trained):
     expected = 0o666 & ~previous
     modes = {p.name: p.stat().st_mode & 0o777 for p in trained.run.iterdir()}
     assert modes == {name: expected for name in modes}, modes
+
+
+@pytest.mark.parametrize(("loss", "memory"), [("shadow", "axbn"), ("triplet", "xbm"), ("contrastive", "xbn"), ("multisimilarity", "axbn")])
+def test_every_loss_trains_with_a_cross_batch_memory(cli, shared_image_folder, tiny_train_options, tmp_path, loss, memory):
+    run = tmp_path / "run"
+    result = cli(
+        "train", "--data", shared_image_folder, "--out", run, *tiny_train_options,
+        "--loss", loss, "--memory", memory, "--memory-size", "0.5", "--memory-warmup", "1", "--json",
+    )
+    assert result.exit_code == 0, str(result)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["memory"], config["mining"]) == (memory, "hard")  # batch-hard is the default against a memory
+    tensors = load_file(str(run / "last.safetensors"))
+    assert int(tensors["loss.memory.filled"]) > 0
+    assert int(tensors["loss.iteration"]) == 2 * 3  # every step went through the memory wrapper
+
+
+def test_memory_warmup_longer_than_the_run_is_said_loudly(cli, shared_image_folder, tiny_train_options, tmp_path):
+    result = cli("train", "--data", shared_image_folder, "--out", tmp_path / "run", *tiny_train_options, "--memory", "xbm")
+    assert result.exit_code == 0, str(result)
+    assert "the memory will never be used" in result.output
