@@ -21,6 +21,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "none")
 DEVICES = ("auto", "cpu", "cuda")
 MEMORY_KINDS = ("none", "xbm", "xbn", "axbn")
+AUTO = "auto"
+AUTO_FIELDS = ("batch_size", "memory_size")
 
 
 @dataclass
@@ -40,7 +42,7 @@ class TrainConfig:
     mining: str | None = None  # (str) all | hard | semihard triplets (shadow, triplet); None: hard with a memory, else all
     margin: float = 0.2  # (float) triplet margin m
     normalize: bool = True  # (bool) shadow: L2-normalize embeddings before the loss (the paper's choice)
-    batch_size: int = 64  # (int) images per batch, P classes x K images
+    batch_size: int | str = 64  # (int) images per batch, P classes x K images; "auto": the largest that fits the budget
     samples_per_class: int = 4  # (int) K, images of each class in a batch
     epochs: int = 20  # (int) passes over the training split
     lr: float = 1e-3  # (float) peak learning rate
@@ -48,7 +50,7 @@ class TrainConfig:
     weight_decay: float = 1e-4  # (float) decoupled (adamw) or L2 (adam, sgd) weight decay
     scheduler: str = "cosine"  # (str) cosine | none, over all training steps
     memory: str = "none"  # (str) cross-batch memory: none | xbm | xbn (batch moments) | axbn (Kalman-filtered moments)
-    memory_size: float = 8192  # (float) memory slots: a count (> 1) or a fraction (0, 1] of the training images
+    memory_size: float | str = 8192  # (float) memory slots: a count (> 1), a fraction (0, 1] of the training images, or "auto"
     memory_storage: str = "fp32"  # (str) fp32 | fp16 storage of the stored embeddings
     memory_warmup: int = 1000  # (int) iterations before the memory is filled or used
     memory_weight: float = 1.0  # (float) w in loss = batch_loss + w * memory_loss
@@ -59,6 +61,8 @@ class TrainConfig:
     axbn_gain_interval: int = 100  # (int) AXBN: iterations between Kalman gain updates
     seed: int = 0  # (int) seeds weights, sampling, augmentation and splits
     device: str = "auto"  # (str) auto | cpu | cuda
+    budget: str | None = None  # (str) device memory this run may use, e.g. 2.5GiB; None: what the device has free
+    profile: str | None = None  # (str) plan for this device profile (edgedml profiles list) or a profile YAML file
     amp: bool = False  # (bool) mixed precision (CUDA only)
     workers: int = 0  # (int) data-loading worker processes
 
@@ -103,7 +107,7 @@ class TrainConfig:
         """Turn YAML scalars into the declared types, naming the key on failure."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or (value == AUTO and f.name in AUTO_FIELDS):
                 continue
             kind = f.type if isinstance(f.type, str) else f.type.__name__
             target = {"int": int, "float": float, "bool": bool, "str": str}.get(kind.split(" ")[0])
@@ -125,37 +129,11 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("device", self.device, DEVICES)
-        _choice("memory", self.memory, MEMORY_KINDS)
-        _choice("memory_storage", self.memory_storage, ("fp32", "fp16"))
-        if self.memory_size <= 0 or (self.memory_size > 1 and not float(self.memory_size).is_integer()):
-            raise ConfigError(
-                f"--memory-size {self.memory_size}: give a whole count (> 1) or a fraction in (0, 1] of the training set"
-            )
-        if self.memory_warmup < 0:
-            raise ConfigError(f"--memory-warmup must be >= 0, got {self.memory_warmup}")
-        if self.axbn_q < 0 or self.axbn_r < 0 or self.axbn_p0 < 0:
-            raise ConfigError("--axbn-q, --axbn-r and --axbn-p0 must be >= 0")
-        if self.axbn_gain_interval < 1:
-            raise ConfigError(f"--axbn-gain-interval must be >= 1, got {self.axbn_gain_interval}")
         _positive("dim", self.dim)
-        _positive("batch_size", self.batch_size)
         _positive("epochs", self.epochs)
         _positive("lr", self.lr)
-        if self.samples_per_class < 2:
-            raise ConfigError(
-                f"--samples-per-class must be at least 2 (got {self.samples_per_class})",
-                hint="a triplet needs two images of the anchor's class in the batch",
-            )
-        if self.batch_size % self.samples_per_class:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} is not a multiple of --samples-per-class {self.samples_per_class}",
-                hint=f"use --batch-size {self.batch_size // self.samples_per_class * self.samples_per_class or self.samples_per_class * 2}",
-            )
-        if self.batch_size // self.samples_per_class < 2:
-            raise ConfigError(
-                "a batch must hold at least 2 classes",
-                hint=f"raise --batch-size to at least {2 * self.samples_per_class}",
-            )
+        self._check_batch()
+        self._check_memory()
         if not 0.0 < self.train_classes < 1.0:
             raise ConfigError(f"--train-classes must lie in (0, 1), got {self.train_classes}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -166,6 +144,51 @@ class TrainConfig:
             raise ConfigError(f"--input-size must be at least 8 pixels, got {self.input_size}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+
+    def _check_batch(self) -> None:
+        if self.samples_per_class < 2:
+            raise ConfigError(
+                f"--samples-per-class must be at least 2 (got {self.samples_per_class})",
+                hint="a triplet needs two images of the anchor's class in the batch",
+            )
+        if self.batch_size == AUTO:
+            return
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ConfigError(f"--batch-size must be a positive integer or auto, got {self.batch_size!r}")
+        if self.batch_size % self.samples_per_class:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is not a multiple of --samples-per-class {self.samples_per_class}",
+                hint=f"use --batch-size {self.batch_size // self.samples_per_class * self.samples_per_class or self.samples_per_class * 2}",
+            )
+        if self.batch_size // self.samples_per_class < 2:
+            raise ConfigError(
+                "a batch must hold at least 2 classes",
+                hint=f"raise --batch-size to at least {2 * self.samples_per_class}",
+            )
+
+    def _check_memory(self) -> None:
+        _choice("memory", self.memory, MEMORY_KINDS)
+        _choice("memory_storage", self.memory_storage, ("fp32", "fp16"))
+        if self.memory_size == AUTO:
+            if self.memory == "none":
+                raise ConfigError("--memory-size auto needs a cross-batch memory", hint="add --memory xbm, xbn or axbn")
+        elif not isinstance(self.memory_size, (int, float)) or self.memory_size <= 0 or (
+            self.memory_size > 1 and not float(self.memory_size).is_integer()
+        ):
+            raise ConfigError(
+                f"--memory-size {self.memory_size}: give a whole count (> 1), a fraction in (0, 1] of the training set, or auto"
+            )
+        if self.memory_warmup < 0:
+            raise ConfigError(f"--memory-warmup must be >= 0, got {self.memory_warmup}")
+        if self.axbn_q < 0 or self.axbn_r < 0 or self.axbn_p0 < 0:
+            raise ConfigError("--axbn-q, --axbn-r and --axbn-p0 must be >= 0")
+        if self.axbn_gain_interval < 1:
+            raise ConfigError(f"--axbn-gain-interval must be >= 1, got {self.axbn_gain_interval}")
+
+    @property
+    def needs_plan(self) -> bool:
+        """A budget, a device profile or an automatic size asks for the memory planner."""
+        return self.budget is not None or self.profile is not None or AUTO in (self.batch_size, self.memory_size)
 
     @property
     def classes_per_batch(self) -> int:

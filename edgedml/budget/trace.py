@@ -35,7 +35,7 @@ class AllocationTimeline(TorchDispatchMode):
     def __enter__(self):
         # Storages caught in reference cycles die whenever the collector runs; with it paused,
         # lifetimes follow reference counts only and the same step gives the same timeline.
-        gc.collect()
+        # (No collection on entry: storages born before the block are never recorded.)
         self._gc_was_enabled = gc.isenabled()
         gc.disable()
         return super().__enter__()
@@ -70,6 +70,27 @@ class AllocationTimeline(TorchDispatchMode):
         size = self._live.pop(key, None)
         if size is not None:
             self.events.append((key, -size))
+
+    def mark(self) -> int:
+        """A position in the timeline (the number of events so far), to split a step into phases."""
+        return len(self.events)
+
+    def live_bytes(self, until: int | None = None) -> int:
+        """Bytes alive after the first ``until`` events (all of them by default)."""
+        return sum(delta for _, delta in self.events[:until])
+
+    def peak_between(self, start: int, stop: int | None = None) -> int:
+        """The highest live byte count reached between two marks."""
+        current = self.live_bytes(start)
+        peak = current
+        for _, delta in self.events[start:stop]:
+            current += delta
+            peak = max(peak, current)
+        return peak
+
+    def deltas(self) -> list[int]:
+        """The signed byte changes, in order."""
+        return [delta for _, delta in self.events]
 
     def peak_bytes(self, exclude: set[int] | frozenset[int] = frozenset()) -> int:
         current = peak = 0

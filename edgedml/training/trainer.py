@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from edgedml import __version__
-from edgedml.config import TrainConfig
+from edgedml.budget.planner import Plan, cap_cuda_process, format_bytes, plan_for_config
+from edgedml.config import AUTO, TrainConfig
 from edgedml.data import (
     ImageDataset,
     PKSampler,
@@ -37,7 +38,7 @@ from edgedml.data import (
     sample_seed,
     train_transform,
 )
-from edgedml.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingInterrupted
+from edgedml.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingError, TrainingInterrupted
 from edgedml.io import append_jsonl, write_json, write_text
 from edgedml.losses import create_loss
 from edgedml.memory import CrossBatchLoss, CrossBatchMemory, build_memory_adapter, local_gather, resolve_memory_size
@@ -110,6 +111,7 @@ class Trainer:
             config.crop_scale = prepared.default_crop_scale
         self.config = config
         self.splits: Splits = prepared.splits
+        self.plan = self._fit_budget(config, len(prepared.splits.train), len(prepared.splits.train_classes))
         self.skipped = prepared.skipped
         self.class_to_index = {name: i for i, name in enumerate(self.splits.train_classes)}
         self.dataset = ImageDataset(
@@ -131,7 +133,7 @@ class Trainer:
             device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             self.forward_train = DistributedDataParallel(self.forward_train, device_ids=device_ids)
         self.loss_fn = self._build_loss().to(self.device)
-        self.optimizer = _make_optimizer(self.model, config)
+        self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
         self.progress = Progress(skipped_images=self.skipped)
         self._stop_requested = False
@@ -139,6 +141,23 @@ class Trainer:
         self._can_validate = any(count >= 2 for count in val_counts.values())
         if self.splits.val and not self._can_validate:
             log.warning("no validation class has 2 images; selecting the latest epoch (raise --val-fraction)")
+
+    def _fit_budget(self, config: TrainConfig, train_images: int, train_classes: int) -> Plan | None:
+        """Resolve ``auto`` sizes against the budget, check fixed ones, cap the CUDA process."""
+        if not config.needs_plan:
+            return None
+        plan, device_memory = plan_for_config(config, config.input_size, train_images, train_classes)
+        if config.batch_size == AUTO:
+            config.batch_size = plan.batch_size
+        if config.memory_size == AUTO:
+            config.memory_size = plan.memory_size
+        if device_memory.integrated:
+            from edgedml.budget.probes import check_allocator_settings
+
+            check_allocator_settings(device_memory)
+        if cap_cuda_process(plan.budget, self.device) is not None:
+            log.info("CUDA allocations capped at %s", format_bytes(plan.budget.available - plan.budget.fixed))
+        return plan
 
     def _build_loss(self) -> nn.Module:
         config = self.config
@@ -277,9 +296,10 @@ class Trainer:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr(progress.global_step)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=config.amp):
+            with self._out_of_memory_is_an_error(), torch.autocast(self.device.type, dtype=torch.float16, enabled=config.amp):
                 embeddings = self.forward_train(images)
-            loss = self.loss_fn(embeddings.float(), labels)
+            with self._out_of_memory_is_an_error():
+                loss = self.loss_fn(embeddings.float(), labels)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss became {loss.item()} at epoch {progress.epoch + 1}, step {progress.step + 1} "
@@ -287,7 +307,8 @@ class Trainer:
                     hint=f"{self.run.last} holds the last good checkpoint; lower --lr or check the data",
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            with self._out_of_memory_is_an_error():
+                self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             progress.epoch_loss_sum += loss.item()
@@ -299,6 +320,18 @@ class Trainer:
         progress.global_step += 1
         rate = (len(batch[0]) / elapsed) if batch is not None and elapsed > 0 else 0.0
         self.callbacks.on_step(progress.epoch, progress.step, progress.epoch_loss_sum / max(progress.epoch_batches, 1), rate)
+
+    @contextmanager
+    def _out_of_memory_is_an_error(self) -> Iterator[None]:
+        """Inside the CUDA cap an overrun raises here, in-process: say so with the plan's numbers."""
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError:
+            planned = f"; the plan predicted a peak of {format_bytes(self.plan.estimate.peak)}" if self.plan else ""
+            raise TrainingError(
+                f"CUDA out of memory at epoch {self.progress.epoch + 1}, step {self.progress.step + 1}{planned}",
+                hint=f"lower --batch-size or --memory-size, or raise --budget; {self.run.last} holds the last checkpoint",
+            ) from None
 
     def _end_epoch(self) -> None:
         progress = self.progress
@@ -412,7 +445,7 @@ def _without_epochs(config: TrainConfig, metadata: dict[str, Any]) -> TrainConfi
     return TrainConfig(**{**config.to_dict(), "epochs": saved_epochs})
 
 
-def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = model.parameters()
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

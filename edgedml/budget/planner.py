@@ -1,0 +1,415 @@
+"""Predicting the peak memory of one training step, and fitting a configuration to a budget.
+
+Probing for the largest batch by running into out-of-memory (Lightning's BatchSizeFinder,
+accelerate) can freeze a Jetson or wake the kernel's OOM killer, so we estimate first:
+
+- the model's step (forward, backward, optimizer step) is traced under PyTorch's
+  ``FakeTensorMode``: every tensor has its real shape and dtype but no storage, so a batch of
+  512 MobileNetV2 images costs nothing to "run". A stand-in loss drives the backward pass.
+  With ``--amp`` the forward runs under autocast (CUDA fp16 on a GPU; on a CPU-only machine
+  CPU autocast, whose bf16 has the same 2-byte elements);
+- the loss and cross-batch memory step is traced on real tensors at the real S, M and D (it is
+  small, and pytorch-metric-learning's miners have data-dependent shapes fake tensors cannot
+  follow);
+- parameters, gradients, optimizer state and the memory bank are counted exactly.
+
+Peak = parameters + buffers + optimizer state + memory bank
+       + max(model step peak, activations + loss step peak),
+since the model's saved activations are all alive while the loss runs. The device profile's
+fixed costs (CUDA context, the OS share of a Jetson's RAM) and a safety margin for allocator
+fragmentation come on top when a configuration is fitted to a budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from edgedml.budget.device import DeviceMemory
+from edgedml.budget.trace import AllocationTimeline
+from edgedml.config import TrainConfig
+from edgedml.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 4096
+
+
+@dataclass
+class StepEstimate:
+    """Bytes of one steady-state training step at ``batch_size`` and ``memory_size``."""
+
+    batch_size: int
+    memory_size: int
+    parameters: int
+    buffers: int
+    gradients: int
+    optimizer_state: int
+    cross_batch_memory: int
+    activations: int
+    loss_buffers: int
+    model_step_peak: int  # transient peak of forward + backward + optimizer step (gradients included)
+
+    @property
+    def persistent(self) -> int:
+        return self.parameters + self.buffers + self.optimizer_state + self.cross_batch_memory
+
+    @property
+    def peak(self) -> int:
+        """Predicted ``torch.cuda.max_memory_allocated`` of a step."""
+        return self.persistent + max(self.model_step_peak, self.activations + self.loss_buffers)
+
+    @property
+    def temporaries(self) -> int:
+        named = self.persistent + self.gradients + self.activations + self.loss_buffers
+        return max(0, self.peak - named)
+
+    def breakdown(self) -> dict[str, int]:
+        return {
+            "parameters": self.parameters,
+            "buffers": self.buffers,
+            "gradients": self.gradients,
+            "optimizer_state": self.optimizer_state,
+            "activations": self.activations,
+            "loss_buffers": self.loss_buffers,
+            "cross_batch_memory": self.cross_batch_memory,
+            "temporaries": self.temporaries,
+        }
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "peak": self.peak, "breakdown": self.breakdown()}
+
+
+def _trace_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class StepTracer:
+    """Traces one configuration's training step at any batch and memory size.
+
+    The fake model, optimizer and their state are built once; ``estimate`` re-traces the
+    step for each (batch, memory) pair asked for.
+    """
+
+    def __init__(self, config: TrainConfig, input_size: int):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        from edgedml.models import build_model
+
+        self.config = config
+        self.input_size = input_size
+        self.device = _trace_device()
+        self.fake_mode = FakeTensorMode()
+        with self.fake_mode:
+            self.model = build_model(config.backbone, config.dim)
+            if self.device != "cpu":
+                self.model = self.model.to(self.device)
+            self.optimizer = _optimizer(self.model, config)
+            self._model_step(config.samples_per_class * 2)  # creates the optimizer state
+        self.parameters = _tensor_bytes(self.model.parameters())
+        self.buffers = _tensor_bytes(self.model.buffers())
+        self.gradients = _tensor_bytes(p for p in self.model.parameters() if p.requires_grad)
+        self.optimizer_state = _tensor_bytes(
+            v for state in self.optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)
+        )
+        self._model_cache: dict[int, tuple[int, int]] = {}
+        self._affine: tuple | bool | None = None
+
+    def _model_step(self, batch_size: int, timeline: AllocationTimeline | None = None) -> int:
+        images = torch.empty(batch_size, 3, self.input_size, self.input_size, device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        amp_dtype = torch.float16 if self.device == "cuda" else torch.bfloat16
+        with torch.autocast(self.device, dtype=amp_dtype, enabled=self.config.amp):
+            embeddings = self.model.embed_raw(images)
+        after_forward = timeline.mark() if timeline is not None else 0
+        embeddings.float().square().mean().backward()  # stand-in loss: the real one is traced apart
+        self.optimizer.step()
+        return after_forward
+
+    def _trace_model_step(self, batch_size: int) -> tuple[list[int], int]:
+        """The model step's signed allocation sizes, in order, and the index where the forward pass ends."""
+        with self.fake_mode:
+            with AllocationTimeline() as timeline:
+                after_forward = self._model_step(batch_size, timeline)
+        return timeline.deltas(), after_forward
+
+    def model_step(self, batch_size: int) -> tuple[int, int]:
+        """(activations alive after the forward pass, transient peak of the whole model step).
+
+        A step's sequence of allocations does not depend on the batch size and each size is
+        affine in it, so two traces give every event's size at any batch size exactly: the
+        search for the largest batch then costs no further trace. If the two sequences differ
+        (a model whose ops depend on the batch size) the step is traced at each size instead.
+        """
+        if batch_size in self._model_cache:
+            return self._model_cache[batch_size]
+        if self._affine is None:
+            small, large = self.config.samples_per_class * 2, self.config.samples_per_class * 4
+            (first, mark_first), (second, mark_second) = self._trace_model_step(small), self._trace_model_step(large)
+            affine = len(first) == len(second) and mark_first == mark_second
+            self._affine = (small, large, first, second, mark_first) if affine else False
+        if self._affine:
+            small, large, first, second, mark = self._affine
+            deltas = [a + (b - a) * (batch_size - small) // (large - small) for a, b in zip(first, second, strict=True)]
+        else:
+            deltas, mark = self._trace_model_step(batch_size)
+        live, peak = 0, 0
+        for index, delta in enumerate(deltas):
+            if index == mark:
+                activations = live
+            live += delta
+            peak = max(peak, live)
+        activations = live if mark >= len(deltas) else activations
+        images_bytes = batch_size * 3 * self.input_size**2 * 4
+        self._model_cache[batch_size] = (activations, peak + images_bytes)
+        return self._model_cache[batch_size]
+
+    def loss_step(self, batch_size: int, memory_size: int) -> tuple[int, int]:
+        """(memory bank bytes, transient peak of the loss forward + backward), on real tensors."""
+        loss_fn = _loss(self.config, memory_size, batch_size)
+        generator = torch.Generator().manual_seed(0)
+        per_class = self.config.samples_per_class
+        labels = torch.arange(batch_size) // per_class
+        bank_bytes = 0
+        if memory_size:
+            stored = F.normalize(torch.randn(memory_size, self.config.dim, generator=generator), dim=1)
+            loss_fn.memory.enqueue(stored, torch.randint(0, max(2, memory_size // per_class), (memory_size,), generator=generator))
+            loss_fn.iteration.fill_(loss_fn.warmup_iters)
+            bank_bytes = _tensor_bytes(loss_fn.buffers())
+        embeddings = torch.randn(batch_size, self.config.dim, generator=generator, requires_grad=True)
+        with AllocationTimeline() as timeline:
+            loss_fn(embeddings, labels).backward()
+        return bank_bytes, timeline.peak_bytes()
+
+    def estimate(self, batch_size: int, memory_size: int = 0) -> StepEstimate:
+        activations, model_peak = self.model_step(batch_size)
+        bank, loss_peak = self.loss_step(batch_size, memory_size)
+        return StepEstimate(
+            batch_size=batch_size,
+            memory_size=memory_size,
+            parameters=self.parameters,
+            buffers=self.buffers,
+            gradients=self.gradients,
+            optimizer_state=self.optimizer_state,
+            cross_batch_memory=bank,
+            activations=activations,
+            loss_buffers=loss_peak,
+            model_step_peak=model_peak,
+        )
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    from edgedml.training.trainer import make_optimizer
+
+    return make_optimizer(model, config)
+
+
+def _loss(config: TrainConfig, memory_size: int, batch_size: int) -> torch.nn.Module:
+    from edgedml.losses import create_loss
+    from edgedml.memory import CrossBatchLoss, CrossBatchMemory, build_memory_adapter
+
+    loss = create_loss(config.loss, config.margin, config.mining, config.normalize)
+    if config.memory == "none" or memory_size == 0:
+        return loss
+    adapter = build_memory_adapter(config.memory, config.dim, config.axbn_q, config.axbn_r, config.axbn_p0, config.axbn_gain_interval)
+    memory = CrossBatchMemory(memory_size, config.dim, config.memory_storage)
+    return CrossBatchLoss(loss, memory, adapter, config.memory_warmup, config.memory_weight, config.memory_batch_loss)
+
+
+# ---- fitting to a budget ---------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    """What a configuration must fit in: ``available`` bytes for this process, less fixed costs."""
+
+    available: int  # bytes this training process may use (its CUDA context included)
+    fixed: int  # CUDA context (and cuDNN workspace) the process pays before any tensor
+    safety_margin: float  # fraction of the predicted peak added for allocator fragmentation
+    source: str  # where ``available`` came from
+
+    def required(self, estimate: StepEstimate) -> int:
+        return self.fixed + math.ceil(estimate.peak * (1.0 + self.safety_margin))
+
+    def fits(self, estimate: StepEstimate) -> bool:
+        return self.required(estimate) <= self.available
+
+
+def make_budget(device: DeviceMemory, budget_bytes: int | None = None, margin: float | None = None) -> Budget:
+    """An explicit ``--budget`` wins; otherwise what the device (or profile) has free."""
+    fixed = device.cuda_context_bytes or 0
+    safety = device.safety_margin if margin is None else margin
+    if budget_bytes is not None:
+        return Budget(budget_bytes, fixed, safety, "--budget")
+    return Budget(device.free_bytes, fixed, safety, f"free memory of {device.name} ({device.source})")
+
+
+@dataclass
+class Plan:
+    """The chosen configuration, its estimate, and the estimates searched on the way."""
+
+    batch_size: int
+    memory_size: int
+    estimate: StepEstimate
+    budget: Budget
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "batch_size": self.batch_size,
+            "memory_size": self.memory_size,
+            "estimate": self.estimate.to_dict(),
+            "required_bytes": self.budget.required(self.estimate),
+            "budget": asdict(self.budget),
+            "seconds": self.seconds,
+        }
+
+
+def _largest(fits, low: int, high: int) -> int | None:
+    """Largest integer in [low, high] with ``fits`` true, for a monotone ``fits``; None if even ``low`` fails."""
+    if not fits(low):
+        return None
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def plan_training(
+    config: TrainConfig,
+    budget: Budget,
+    input_size: int,
+    train_images: int,
+    auto_batch: bool,
+    auto_memory: bool,
+    tracer: StepTracer | None = None,
+    train_classes: int | None = None,
+) -> Plan:
+    """Choose the largest batch (a multiple of K) and/or memory size whose predicted peak fits.
+
+    With both automatic, the batch is fitted in half the budget first (a small batch with a
+    large memory is the regime the memory exists for), then the memory fills the rest, up to
+    the training set's size. Raises ConfigError saying the minimum needed when nothing fits.
+    """
+    started = time.perf_counter()
+    tracer = tracer or StepTracer(config, input_size)
+    per_class = config.samples_per_class
+    memory_on = config.memory != "none"
+    memory_size = 0 if (auto_memory or not memory_on) else _fixed_memory_size(config, train_images)
+    batch_size = config.batch_size if not auto_batch else None
+    if auto_batch:
+        share = Budget(budget.available // 2 if auto_memory and memory_on else budget.available, budget.fixed, budget.safety_margin, budget.source)
+        most_classes = min(MAX_BATCH // per_class, train_classes or MAX_BATCH)  # a batch holds P distinct classes
+        units = _largest(lambda k: share.fits(tracer.estimate(k * per_class, memory_size)), 2, max(2, most_classes))
+        if units is None:
+            _nothing_fits(tracer.estimate(2 * per_class, memory_size), budget, "--batch-size")
+        batch_size = units * per_class
+    if auto_memory and memory_on:
+        found = _largest(lambda m: budget.fits(tracer.estimate(batch_size, m)), batch_size, max(batch_size, train_images))
+        if found is None:
+            _nothing_fits(tracer.estimate(batch_size, batch_size), budget, "--memory-size")
+        memory_size = found
+    estimate = tracer.estimate(batch_size, memory_size)
+    if not budget.fits(estimate):
+        _nothing_fits(estimate, budget, "--batch-size or --memory-size")
+    return Plan(batch_size, memory_size, estimate, budget, time.perf_counter() - started)
+
+
+def _fixed_memory_size(config: TrainConfig, train_images: int) -> int:
+    from edgedml.memory import resolve_memory_size
+
+    return resolve_memory_size(float(config.memory_size), train_images)
+
+
+def _nothing_fits(smallest: StepEstimate, budget: Budget, option: str) -> None:
+    need = budget.required(smallest)
+    raise ConfigError(
+        f"nothing fits: batch {smallest.batch_size} with memory {smallest.memory_size} needs {format_bytes(need)} "
+        f"(peak {format_bytes(smallest.peak)} + fixed {format_bytes(budget.fixed)} + {budget.safety_margin:.0%} margin), "
+        f"the budget is {format_bytes(budget.available)} ({budget.source})",
+        hint=f"raise --budget, lower {option}, --input-size or --dim, use a smaller --backbone, or enable --amp on CUDA",
+    )
+
+
+# ---- sizes ----------------------------------------------------------------------------
+
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """``2.5GiB``, ``800MiB``, ``3GB``, ``1073741824`` -> bytes."""
+    cleaned = text.strip().lower().replace(" ", "")
+    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = cleaned[len(number) :] or "b"
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value <= 0:
+        raise ConfigError(f"--budget {text!r} is not a size", hint="write e.g. 2.5GiB, 800MiB or 3GB")
+    return int(value * _UNITS[unit])
+
+
+def format_bytes(value: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{int(value)} B"
+
+
+# ---- from a training configuration ---------------------------------------------------------
+
+
+def device_for(config: TrainConfig) -> DeviceMemory:
+    """The device a configuration is planned for: its ``--profile``, or the machine in hand."""
+    if config.profile is not None:
+        from edgedml.budget.profiles import load_profile
+
+        return load_profile(config.profile)
+    from edgedml.budget.probes import probe_device
+
+    return probe_device()
+
+
+def plan_for_config(config: TrainConfig, input_size: int, train_images: int, train_classes: int) -> tuple[Plan, DeviceMemory]:
+    """Fit ``config`` to its budget: the automatic sizes are chosen, fixed ones only checked."""
+    device = device_for(config)
+    budget = make_budget(device, parse_bytes(config.budget) if config.budget else None)
+    plan = plan_training(
+        config,
+        budget,
+        input_size,
+        train_images,
+        auto_batch=config.batch_size == "auto",
+        auto_memory=config.memory_size == "auto",
+        train_classes=train_classes,
+    )
+    log.info(
+        "memory plan for %s: batch %d, memory %d, predicted peak %s, %s needed of %s (%s), planned in %.1f s",
+        device.name, plan.batch_size, plan.memory_size, format_bytes(plan.estimate.peak),
+        format_bytes(budget.required(plan.estimate)), format_bytes(budget.available), budget.source, plan.seconds,
+    )
+    return plan, device
+
+
+def cap_cuda_process(budget: Budget, device: torch.device) -> float | None:
+    """Cap this process's CUDA allocations at the budget, so an overrun fails in-process with our message
+    instead of starving the machine. Returns the fraction set, or None off CUDA."""
+    if device.type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = min(1.0, max(0.0, (budget.available - budget.fixed) / total))
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction

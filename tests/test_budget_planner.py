@@ -1,0 +1,176 @@
+"""The memory planner: exact counts, predictions against real steps, fitting to a budget, the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from edgedml.budget.device import DeviceMemory
+from edgedml.budget.planner import Budget, StepTracer, _loss, format_bytes, make_budget, parse_bytes, plan_training
+from edgedml.budget.trace import AllocationTimeline
+from edgedml.config import TrainConfig
+from edgedml.errors import ConfigError
+from edgedml.models import build_model
+from edgedml.training.trainer import make_optimizer
+
+MIB = 1 << 20
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(backbone="tiny", dim=16, samples_per_class=4, batch_size=16, device="cpu")
+    return TrainConfig.from_sources(overrides={**base, **overrides})
+
+
+def test_parameters_gradients_and_optimizer_state_are_counted_exactly():
+    """The tiny backbone at width 32 by hand: 4 conv3x3 (no bias) + BN (weight, bias) + head Linear(128, 16)."""
+    widths = [(3, 32), (32, 64), (64, 128), (128, 128)]
+    conv = sum(9 * cin * cout for cin, cout in widths)
+    batch_norm = sum(2 * cout for _, cout in widths)
+    head = 128 * 16 + 16
+    parameter_bytes = 4 * (conv + batch_norm + head)
+    running_stats_bytes = sum(4 * 2 * cout + 8 for _, cout in widths)  # mean, var (fp32) + num_batches_tracked (int64)
+    tracer = StepTracer(config(optimizer="adamw"), input_size=16)
+    assert tracer.parameters == parameter_bytes
+    assert tracer.gradients == parameter_bytes
+    assert tracer.buffers == running_stats_bytes
+    parameter_tensors = 2 * len(widths) + len(widths) + 2  # conv weights, BN weight+bias, head weight+bias
+    assert tracer.optimizer_state == 2 * parameter_bytes + 4 * parameter_tensors  # exp_avg, exp_avg_sq, a float32 step each
+    assert StepTracer(config(optimizer="sgd"), input_size=16).optimizer_state == parameter_bytes  # momentum buffers
+
+
+def real_step_peak(cfg: TrainConfig, input_size: int, batch_size: int, memory_size: int) -> int:
+    """The same steady-state step run on real tensors, its allocations traced: what the planner predicts."""
+    torch.manual_seed(0)
+    model = build_model(cfg.backbone, cfg.dim)
+    optimizer = make_optimizer(model, cfg)
+    loss_fn = _loss(cfg, memory_size, batch_size)
+    if memory_size:
+        loss_fn.memory.enqueue(F.normalize(torch.randn(memory_size, cfg.dim), dim=1), torch.randint(0, 64, (memory_size,)))
+        loss_fn.iteration.fill_(loss_fn.warmup_iters)
+    images = torch.randn(batch_size, 3, input_size, input_size)
+    labels = torch.arange(batch_size) // cfg.samples_per_class
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model.embed_raw(images), labels).backward()
+        optimizer.step()
+
+    step()
+    persistent = [*model.parameters(), *model.buffers(), *loss_fn.buffers()]
+    persistent += [v for state in optimizer.state.values() for v in state.values()]
+    with AllocationTimeline() as timeline:
+        step()
+    return sum(t.numel() * t.element_size() for t in persistent) + timeline.peak_bytes() + images.numel() * 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "batch_size", "memory_size"),
+    [({}, 16, 0), ({}, 48, 0), ({"memory": "axbn", "memory_warmup": 0}, 24, 512), ({"loss": "triplet", "mining": "all"}, 32, 0)],
+)
+def test_prediction_matches_a_real_step_within_three_percent(overrides, batch_size, memory_size):
+    cfg = config(**overrides)
+    predicted = StepTracer(cfg, input_size=24).estimate(batch_size, memory_size).peak
+    measured = real_step_peak(cfg, 24, batch_size, memory_size)
+    assert abs(predicted / measured - 1) < 0.03, (format_bytes(predicted), format_bytes(measured))
+
+
+def test_batch_size_interpolation_equals_a_direct_trace():
+    tracer = StepTracer(config(), input_size=16)
+    interpolated = tracer.model_step(40)
+    direct_deltas, mark = tracer._trace_model_step(40)
+    live = peak = 0
+    for index, delta in enumerate(direct_deltas):
+        if index == mark:
+            activations = live
+        live += delta
+        peak = max(peak, live)
+    assert interpolated == (activations, peak + 40 * 3 * 16 * 16 * 4)
+
+
+def test_auto_batch_is_the_largest_multiple_of_k_that_fits():
+    cfg = config(batch_size="auto")
+    tracer = StepTracer(cfg, input_size=16)
+    budget = Budget(available=40 * MIB, fixed=2 * MIB, safety_margin=0.1, source="test")
+    plan = plan_training(cfg, budget, 16, train_images=800, auto_batch=True, auto_memory=False, tracer=tracer)
+    assert plan.batch_size % 4 == 0
+    assert budget.fits(tracer.estimate(plan.batch_size))
+    assert not budget.fits(tracer.estimate(plan.batch_size + 4))
+    assert plan.to_dict()["required_bytes"] <= budget.available
+
+
+def test_auto_memory_fills_the_rest_up_to_the_training_set():
+    cfg = config(batch_size=16, memory="xbm", memory_size="auto", memory_warmup=0)
+    tracer = StepTracer(cfg, input_size=16)
+    roomy = Budget(available=1 << 34, fixed=0, safety_margin=0.1, source="test")
+    assert plan_training(cfg, roomy, 16, 900, auto_batch=False, auto_memory=True, tracer=tracer).memory_size == 900
+    tight = Budget(available=roomy.required(tracer.estimate(16, 300)), fixed=0, safety_margin=0.1, source="test")
+    chosen = plan_training(cfg, tight, 16, 900, auto_batch=False, auto_memory=True, tracer=tracer).memory_size
+    assert 300 <= chosen < 900
+    assert tight.fits(tracer.estimate(16, chosen)) and not tight.fits(tracer.estimate(16, chosen + 1))
+
+
+def test_budget_too_small_says_what_the_minimum_needs_and_what_to_change():
+    cfg = config(batch_size="auto")
+    with pytest.raises(ConfigError) as info:
+        plan_training(cfg, Budget(2 * MIB, 0, 0.1, "--budget"), 16, 800, auto_batch=True, auto_memory=False)
+    assert "nothing fits: batch 8" in info.value.message and "--budget" in info.value.message
+    assert "--batch-size" in info.value.hint and "--budget" in info.value.hint
+
+
+def test_explicit_budget_wins_over_free_memory_and_sizes_parse():
+    device = DeviceMemory(source="test", name="gpu", total_bytes=8 << 30, free_bytes=6 << 30, used_bytes=2 << 30, cuda_context_bytes=300 * MIB)
+    assert make_budget(device).available == 6 << 30
+    budget = make_budget(device, parse_bytes("2.5GiB"))
+    assert (budget.available, budget.fixed, budget.source) == (int(2.5 * (1 << 30)), 300 * MIB, "--budget")
+    assert parse_bytes("800MiB") == 800 * MIB and parse_bytes("3GB") == 3 * 10**9 and parse_bytes("1024") == 1024
+    with pytest.raises(ConfigError, match="not a size"):
+        parse_bytes("lots")
+
+
+def test_train_with_auto_batch_records_the_chosen_size(tmp_path):
+    from edgedml.training import Trainer
+
+    folder = tmp_path / "images"
+    for c in range(6):
+        (folder / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (16, 16), (40 * c, 10 * i, 0)).save(folder / f"c{c}" / f"{i}.png")
+    cfg = TrainConfig.from_sources(overrides=dict(
+        data=str(folder), backbone="tiny", dim=8, input_size=16, batch_size="auto", samples_per_class=2,
+        budget="60MiB", epochs=1, device="cpu",
+    ))
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert isinstance(trainer.config.batch_size, int) and trainer.config.batch_size % 2 == 0
+    assert trainer.plan is not None and trainer.plan.batch_size == trainer.config.batch_size
+    trainer.fit()
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"batch_size: {trainer.config.batch_size}" in saved and "budget: 60MiB" in saved
+
+
+def test_profile_command_writes_a_report_that_reads_back(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgedml.cli.main import app
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, [
+        "profile", "--out", str(out), "--backbone", "tiny", "--input-size", "16", "--dim", "16",
+        "--batch-size", "auto", "--memory", "xbn", "--memory-size", "auto", "--budget", "48MiB", "--no-measure",
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["fits"] and report["plan"]["required_bytes"] <= report["budget"]["available"] == 48 * MIB
+    assert report["plan"]["memory_size"] > 0 and report["memory_curve"]
+    assert set(report["plan"]["estimate"]["breakdown"]) >= {"parameters", "gradients", "optimizer_state", "activations", "loss_buffers", "cross_batch_memory"}
+    markdown = (out / "report.md").read_text()
+    assert "**Fits.**" in markdown and f"--batch-size {report['plan']['batch_size']}" in markdown
+    for name in ("peak_vs_batch.png", "peak_vs_memory.png", "breakdown.png"):
+        with Image.open(out / name) as image:
+            assert image.size[0] > 300
+    small = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "tiny"), "--backbone", "tiny", "--budget", "1MiB", "--no-measure"])
+    assert small.exit_code == 0 and "does not fit" in small.output
+    assert json.loads((tmp_path / "tiny" / "report.json").read_text())["fits"] is False
