@@ -8,6 +8,8 @@ import typer
 
 from edgedml import __version__
 from edgedml.cli.eval import evaluate
+from edgedml.cli.profile import profile
+from edgedml.cli.profiles import profiles_app
 from edgedml.cli.quickstart import quickstart
 from edgedml.cli.train import train
 
@@ -22,6 +24,8 @@ app = typer.Typer(
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("quickstart")(quickstart)
+app.add_typer(profiles_app, name="profiles")
+app.command("profile")(profile)
 
 
 def _version(value: bool) -> None:

@@ -244,9 +244,17 @@ class Budget:
         return self.required(estimate) <= self.available
 
 
+# A CUDA context with lazy module loading (CUDA >= 11.7) takes about this much device memory; a
+# probed device does not say, so this typical figure is budgeted (profiles carry their own).
+DEFAULT_CUDA_CONTEXT_BYTES = 512 << 20
+
+
 def make_budget(device: DeviceMemory, budget_bytes: int | None = None, margin: float | None = None) -> Budget:
     """An explicit ``--budget`` wins; otherwise what the device (or profile) has free."""
-    fixed = device.cuda_context_bytes or 0
+    if device.cuda_context_bytes is not None:
+        fixed = device.cuda_context_bytes
+    else:
+        fixed = 0 if device.source == "host" else DEFAULT_CUDA_CONTEXT_BYTES
     safety = device.safety_margin if margin is None else margin
     if budget_bytes is not None:
         return Budget(budget_bytes, fixed, safety, "--budget")
