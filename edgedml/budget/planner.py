@@ -309,7 +309,8 @@ def plan_training(
 
     With both automatic, the batch is fitted in half the budget first (a small batch with a
     large memory is the regime the memory exists for), then the memory fills the rest, up to
-    the training set's size. Raises ConfigError saying the minimum needed when nothing fits.
+    the training set's size; if it holds the whole training set, the batch grows into what is
+    left. Raises ConfigError saying the minimum needed when nothing fits.
     """
     started = time.perf_counter()
     tracer = tracer or StepTracer(config, input_size)
@@ -329,6 +330,9 @@ def plan_training(
         if found is None:
             _nothing_fits(tracer.estimate(batch_size, batch_size), budget, "--memory-size")
         memory_size = found
+        if auto_batch and memory_size >= train_images:  # the memory holds the whole training set: the rest goes to the batch
+            units = _largest(lambda k: budget.fits(tracer.estimate(k * per_class, memory_size)), batch_size // per_class, max(batch_size // per_class, most_classes))
+            batch_size = (units or batch_size // per_class) * per_class
     estimate = tracer.estimate(batch_size, memory_size)
     if not budget.fits(estimate):
         _nothing_fits(estimate, budget, "--batch-size or --memory-size")

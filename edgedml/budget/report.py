@@ -173,8 +173,9 @@ def _plots(report: Report, out_dir: Path) -> list[Path]:
     breakdown = report.plan["estimate"]["breakdown"] if report.plan else None
     if breakdown:
         figure, axes = plt.subplots(figsize=(7, 3.6))
-        names = list(breakdown) + ["CUDA context"]
-        values = [breakdown[n] / MIB for n in breakdown] + [report.budget.fixed / MIB]
+        margin = report.plan["required_bytes"] - report.budget.fixed - report.plan["estimate"]["peak"]
+        names = list(breakdown) + ["CUDA context", "safety margin"]
+        values = [breakdown[n] / MIB for n in breakdown] + [report.budget.fixed / MIB, margin / MIB]
         axes.barh(names, values, color="tab:blue")
         axes.invert_yaxis()
         axes.set_xlabel("MiB")
