@@ -59,6 +59,14 @@ class TrainConfig:
     axbn_r: float = 0.01  # (float) AXBN measurement noise r (divided by the batch size); 0 gives XBN
     axbn_p0: float = 1.0  # (float) AXBN initial estimate variance
     axbn_gain_interval: int = 100  # (int) AXBN: iterations between Kalman gain updates
+    distill: str = "none"  # (str) none | s2sd: self-distillation from high-dimensional auxiliary heads
+    aux_dims: str = "512,1024,1536,2048"  # (str) S2SD auxiliary head dimensions, comma-separated (one: DSD, several: MSD)
+    distill_weight: float = 50.0  # (float) w, weight of the similarity distillation (S2SD and --teacher)
+    distill_temperature: float = 1.0  # (float) T, softmax temperature of the similarity distillation
+    feature_distill: bool = False  # (bool) S2SD: also distill the pooled backbone features (MSDF)
+    feature_distill_weight: float = 50.0  # (float) weight of the feature distillation
+    feature_distill_delay: int = 1000  # (int) iterations before the feature distillation starts
+    teacher: str | None = None  # (str) a trained run directory whose model teaches this one (post-hoc S2SD)
     seed: int = 0  # (int) seeds weights, sampling, augmentation and splits
     device: str = "auto"  # (str) auto | cpu | cuda
     budget: str | None = None  # (str) device memory this run may use, e.g. 2.5GiB; None: what the device has free
@@ -113,6 +121,8 @@ class TrainConfig:
             target = {"int": int, "float": float, "bool": bool, "str": str}.get(kind.split(" ")[0])
             if target is None:
                 continue
+            if target is str and isinstance(value, (list, tuple)):  # aux_dims: [512, 1024] in YAML
+                value = ",".join(str(item) for item in value)
             if target is bool and not isinstance(value, bool):
                 raise ConfigError(f"{origin}: {f.name} must be true or false, got {value!r}")
             if target is int and isinstance(value, float) and not value.is_integer():
@@ -134,6 +144,7 @@ class TrainConfig:
         _positive("lr", self.lr)
         self._check_batch()
         self._check_memory()
+        self._check_distill()
         if not 0.0 < self.train_classes < 1.0:
             raise ConfigError(f"--train-classes must lie in (0, 1), got {self.train_classes}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -184,6 +195,28 @@ class TrainConfig:
             raise ConfigError("--axbn-q, --axbn-r and --axbn-p0 must be >= 0")
         if self.axbn_gain_interval < 1:
             raise ConfigError(f"--axbn-gain-interval must be >= 1, got {self.axbn_gain_interval}")
+
+    def _check_distill(self) -> None:
+        _choice("distill", self.distill, ("none", "s2sd"))
+        dims = self.aux_dim_list
+        if not dims or any(d <= 0 for d in dims):
+            raise ConfigError(f"--aux-dims {self.aux_dims!r}: give positive dimensions, e.g. 512,1024,1536,2048")
+        if self.distill == "s2sd" and self.teacher is not None:
+            raise ConfigError("--distill s2sd and --teacher are two ways to distill; choose one")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"--distill-temperature must be positive, got {self.distill_temperature}")
+        if self.distill_weight < 0 or self.feature_distill_weight < 0 or self.feature_distill_delay < 0:
+            raise ConfigError("--distill-weight, --feature-distill-weight and --feature-distill-delay must be >= 0")
+        if self.feature_distill and self.distill != "s2sd":
+            raise ConfigError("--feature-distill is part of S2SD", hint="add --distill s2sd")
+
+    @property
+    def aux_dim_list(self) -> list[int]:
+        text = ",".join(str(d) for d in self.aux_dims) if isinstance(self.aux_dims, (list, tuple)) else str(self.aux_dims)
+        try:
+            return [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise ConfigError(f"--aux-dims {self.aux_dims!r}: give comma-separated integers, e.g. 512,1024") from None
 
     @property
     def needs_plan(self) -> bool:

@@ -51,11 +51,7 @@ def measure_cuda_peak(config: TrainConfig, input_size: int, batch_size: int, mem
     torch.cuda.reset_peak_memory_stats(device)
     step()
     torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) - baseline
-    del model, optimizer, loss_fn, images, labels
-    gc.collect()
-    torch.cuda.empty_cache()
-    return peak
+    return torch.cuda.max_memory_allocated(device) - baseline
 
 
 def fit_line(points: list[tuple[int, int]]) -> tuple[float, float]:

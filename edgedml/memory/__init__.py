@@ -3,7 +3,7 @@
 from edgedml.config import MEMORY_KINDS
 from edgedml.memory.adapters import AXBNAdapter, KalmanMoments, XBNAdapter, affine_to, moments, renormalize
 from edgedml.memory.bank import STORAGE_DTYPES, CrossBatchMemory
-from edgedml.memory.cross_batch import CrossBatchLoss, build_memory_adapter, local_gather
+from edgedml.memory.cross_batch import CrossBatchLoss, Gather, build_memory_adapter, local_gather
 
 
 def resolve_memory_size(size: float, train_images: int) -> int:
@@ -21,6 +21,7 @@ __all__ = [
     "AXBNAdapter",
     "CrossBatchLoss",
     "CrossBatchMemory",
+    "Gather",
     "KalmanMoments",
     "MEMORY_KINDS",
     "STORAGE_DTYPES",

@@ -2,8 +2,9 @@
 
 ``best.safetensors`` holds the model weights; ``last.safetensors`` also holds what resuming
 needs (optimizer state, epoch and step, the AMP scaler, RNG state and running totals).
-Keys are prefixed by what they belong to: ``model.``, ``loss.`` (a cross-batch memory's buffers and
-filter state), ``optimizer.``, ``rng.``.
+Keys are prefixed by what they belong to: ``model.`` (the exported embedding model), ``aux.`` (S2SD's
+training-only heads), ``loss.`` (a cross-batch memory's buffers and filter state, S2SD's counter),
+``optimizer.``, ``rng.``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from edgedml.errors import CheckpointError
 from edgedml.io import write_with
 
 MODEL = "model."
+AUX = "aux."
 LOSS = "loss."
 OPTIMIZER = "optimizer."
 RNG = "rng."

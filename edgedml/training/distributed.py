@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from edgedml.errors import TrainingError
 
@@ -46,17 +45,6 @@ def init_from_environment(device_type: str) -> DistributedContext:
             torch.cuda.set_device(context.local_rank)
         dist.init_process_group(backend=backend)
     return context
-
-
-class RawEmbedding(nn.Module):
-    """The training-time forward (unnormalized embedding) as a module, so DDP can wrap it."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_raw(images)
 
 
 def gather_in_rank_order(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -40,10 +40,10 @@ from edgedml.data import (
 )
 from edgedml.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingError, TrainingInterrupted
 from edgedml.io import append_jsonl, write_json, write_text
-from edgedml.losses import create_loss
-from edgedml.memory import CrossBatchLoss, CrossBatchMemory, build_memory_adapter, local_gather, resolve_memory_size
+from edgedml.memory import local_gather, resolve_memory_size
 from edgedml.models import EmbeddingModel, build_model
 from edgedml.training.checkpoint import (
+    AUX,
     LOSS,
     MODEL,
     RNG,
@@ -56,13 +56,13 @@ from edgedml.training.checkpoint import (
 )
 from edgedml.training.device import resolve_device
 from edgedml.training.distributed import (
-    RawEmbedding,
     check_identical_across_ranks,
     cleanup,
     gather_in_rank_order,
     init_from_environment,
 )
-from edgedml.training.evaluate import evaluate_split
+from edgedml.training.evaluate import evaluate_split, load_run_model
+from edgedml.training.objective import Objective, StepOutputs, build_network, build_objective
 from edgedml.training.run import RunDir, config_hash
 
 log = logging.getLogger(__name__)
@@ -128,12 +128,13 @@ class Trainer:
             )
         torch.manual_seed(config.seed)
         self.model: EmbeddingModel = build_model(config.backbone, config.dim, config.weights).to(self.device)
-        self.forward_train: nn.Module = RawEmbedding(self.model)
+        self.network = build_network(config, self.model).to(self.device)
+        self.forward_train: nn.Module = self.network
         if self.dist.enabled:
             device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-            self.forward_train = DistributedDataParallel(self.forward_train, device_ids=device_ids)
-        self.loss_fn = self._build_loss().to(self.device)
-        self.optimizer = make_optimizer(self.model, config)
+            self.forward_train = DistributedDataParallel(self.network, device_ids=device_ids)
+        self.loss_fn = self._build_objective().to(self.device)
+        self.optimizer = make_optimizer(self.network, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
         self.progress = Progress(skipped_images=self.skipped)
         self._stop_requested = False
@@ -159,27 +160,25 @@ class Trainer:
             log.info("CUDA allocations capped at %s", format_bytes(plan.budget.available - plan.budget.fixed))
         return plan
 
-    def _build_loss(self) -> nn.Module:
+    def _build_objective(self) -> Objective:
         config = self.config
-        loss = create_loss(config.loss, config.margin, config.mining, config.normalize)
-        if config.memory == "none":
-            return loss
-        size = resolve_memory_size(config.memory_size, len(self.splits.train))
-        memory = CrossBatchMemory(size, config.dim, config.memory_storage)
-        adapter = build_memory_adapter(
-            config.memory, config.dim, config.axbn_q, config.axbn_r, config.axbn_p0, config.axbn_gain_interval
-        )
-        total_steps = config.epochs * self.steps_per_epoch
-        if config.memory_warmup >= total_steps:
-            log.warning(
-                "--memory-warmup %d >= the run's %d iterations: the memory will never be used (lower --memory-warmup)",
-                config.memory_warmup, total_steps,
-            )
-        log.info("cross-batch memory: %s, %d slots x %d dims (%s)", config.memory, size, config.dim, config.memory_storage)
+        memory_size = 0
+        if config.memory != "none":
+            memory_size = resolve_memory_size(config.memory_size, len(self.splits.train))
+            total_steps = config.epochs * self.steps_per_epoch
+            if config.memory_warmup >= total_steps:
+                log.warning(
+                    "--memory-warmup %d >= the run's %d iterations: the memory will never be used (lower --memory-warmup)",
+                    config.memory_warmup, total_steps,
+                )
+            log.info("cross-batch memory: %s, %d slots x %d dims (%s)", config.memory, memory_size, config.dim, config.memory_storage)
+        teacher = None
+        if config.teacher is not None:
+            teacher_model, teacher_config = load_run_model(config.teacher, device=str(self.device.type))
+            teacher = (teacher_model, teacher_config.input_size)
+            log.info("distilling from the frozen %d-d model of %s", teacher_config.dim, config.teacher)
         gather = gather_in_rank_order if self.dist.enabled else local_gather
-        return CrossBatchLoss(
-            loss, memory, adapter, config.memory_warmup, config.memory_weight, config.memory_batch_loss, gather
-        )
+        return build_objective(config, memory_size, gather, teacher)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -297,9 +296,9 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr(progress.global_step)
             with self._out_of_memory_is_an_error(), torch.autocast(self.device.type, dtype=torch.float16, enabled=config.amp):
-                embeddings = self.forward_train(images)
+                embeddings, features, aux = self.forward_train(images)
             with self._out_of_memory_is_an_error():
-                loss = self.loss_fn(embeddings.float(), labels)
+                loss = self.loss_fn(StepOutputs(embeddings, features, aux, images), labels)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss became {loss.item()} at epoch {progress.epoch + 1}, step {progress.step + 1} "
@@ -336,7 +335,7 @@ class Trainer:
     def _end_epoch(self) -> None:
         progress = self.progress
         if self.dist.enabled:
-            check_identical_across_ranks(self.loss_fn.state_dict(), "the cross-batch memory")
+            check_identical_across_ranks(self._objective_state(), "the cross-batch memory")
         record: dict[str, Any] = {
             "epoch": progress.epoch + 1,
             "global_step": progress.global_step,
@@ -383,7 +382,8 @@ class Trainer:
             "best_epoch": progress.best_epoch,
             "wall_s": progress.train_seconds,
             "train_images_per_s": progress.images_seen / max(progress.train_seconds, 1e-9),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": sum(p.numel() for p in self.model.parameters()),  # the exported model
+            "parameters_training": sum(p.numel() for p in self.network.parameters()),  # with S2SD's auxiliary heads
             "train_classes": self.splits.train_classes,
             "test_classes": self.splits.test_classes,
             "images": {"train": len(self.splits.train), "val": len(self.splits.val), "test": len(self.splits.test)},
@@ -411,7 +411,8 @@ class Trainer:
         optimizer_tensors, optimizer_meta = optimizer_to_flat(self.optimizer)
         tensors = {
             **with_prefix(MODEL, self.model.state_dict()),
-            **with_prefix(LOSS, self.loss_fn.state_dict()),  # the cross-batch memory and its filters
+            **with_prefix(AUX, self._aux_state()),  # S2SD heads: training only, never in best.safetensors
+            **with_prefix(LOSS, self._objective_state()),  # the cross-batch memory and its filters
             **optimizer_tensors,
             RNG + "torch": torch.get_rng_state(),
         }
@@ -423,6 +424,13 @@ class Trainer:
         }
         save_checkpoint(self.run.last, tensors, metadata)
 
+    def _aux_state(self) -> dict[str, torch.Tensor]:
+        return self.network.aux_heads.state_dict() if self.network.aux_heads is not None else {}
+
+    def _objective_state(self) -> dict[str, torch.Tensor]:
+        """The objective's own state (memory, filters, counters); a frozen teacher is not the run's state."""
+        return {k: v for k, v in self.loss_fn.loss.state_dict().items() if not k.startswith("teacher.")}
+
     def _restore(self, checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> None:
         tensors, metadata = checkpoint
         if metadata.get("config_hash") != config_hash(_without_epochs(self.config, metadata)):
@@ -431,7 +439,9 @@ class Trainer:
                 hint="restore the run's config.yaml, or start a new run",
             )
         self.model.load_state_dict(strip_prefix(MODEL, tensors))
-        self.loss_fn.load_state_dict(strip_prefix(LOSS, tensors))
+        if self.network.aux_heads is not None:
+            self.network.aux_heads.load_state_dict(strip_prefix(AUX, tensors))
+        self.loss_fn.loss.load_state_dict(strip_prefix(LOSS, tensors), strict=self.config.teacher is None)
         optimizer_from_flat(self.optimizer, tensors, metadata["optimizer"])
         if metadata.get("scaler"):
             self.scaler.load_state_dict(metadata["scaler"])
