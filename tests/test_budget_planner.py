@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from edgedml.budget.device import DeviceMemory
-from edgedml.budget.planner import Budget, StepTracer, _loss, format_bytes, make_budget, parse_bytes, plan_training
+from edgedml.budget.planner import Budget, StepTracer, format_bytes, make_budget, parse_bytes, plan_training
 from edgedml.budget.trace import AllocationTimeline
 from edgedml.config import TrainConfig
 from edgedml.errors import ConfigError
@@ -43,24 +43,27 @@ def test_parameters_gradients_and_optimizer_state_are_counted_exactly():
 
 
 def real_step_peak(cfg: TrainConfig, input_size: int, batch_size: int, memory_size: int) -> int:
-    """The same steady-state step run on real tensors, its allocations traced: what the planner predicts."""
+    """The trainer's steady-state step run on real tensors, its allocations traced: what the planner predicts."""
+    from edgedml.training.objective import StepOutputs, build_network, build_objective
+
     torch.manual_seed(0)
-    model = build_model(cfg.backbone, cfg.dim)
-    optimizer = make_optimizer(model, cfg)
-    loss_fn = _loss(cfg, memory_size, batch_size)
-    if memory_size:
-        loss_fn.memory.enqueue(F.normalize(torch.randn(memory_size, cfg.dim), dim=1), torch.randint(0, 64, (memory_size,)))
-        loss_fn.iteration.fill_(loss_fn.warmup_iters)
+    network = build_network(cfg, build_model(cfg.backbone, cfg.dim))
+    optimizer = make_optimizer(network, cfg)
+    objective = build_objective(cfg, memory_size)
+    if objective.memory_loss is not None:
+        memory = objective.memory_loss
+        memory.memory.enqueue(F.normalize(torch.randn(memory_size, cfg.dim), dim=1), torch.randint(0, 64, (memory_size,)))
+        memory.iteration.fill_(memory.warmup_iters)
     images = torch.randn(batch_size, 3, input_size, input_size)
     labels = torch.arange(batch_size) // cfg.samples_per_class
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model.embed_raw(images), labels).backward()
+        objective(StepOutputs(*network(images), images), labels).backward()
         optimizer.step()
 
     step()
-    persistent = [*model.parameters(), *model.buffers(), *loss_fn.buffers()]
+    persistent = [*network.parameters(), *network.buffers(), *objective.buffers()]
     persistent += [v for state in optimizer.state.values() for v in state.values()]
     with AllocationTimeline() as timeline:
         step()
@@ -69,7 +72,13 @@ def real_step_peak(cfg: TrainConfig, input_size: int, batch_size: int, memory_si
 
 @pytest.mark.parametrize(
     ("overrides", "batch_size", "memory_size"),
-    [({}, 16, 0), ({}, 48, 0), ({"memory": "axbn", "memory_warmup": 0}, 24, 512), ({"loss": "triplet", "mining": "all"}, 32, 0)],
+    [
+        ({}, 16, 0),
+        ({}, 48, 0),
+        ({"memory": "axbn", "memory_warmup": 0}, 24, 512),
+        ({"loss": "triplet", "mining": "all"}, 32, 0),
+        ({"distill": "s2sd", "aux_dims": "256,512", "feature_distill": True, "feature_distill_delay": 0}, 32, 0),
+    ],
 )
 def test_prediction_matches_a_real_step_within_three_percent(overrides, batch_size, memory_size):
     cfg = config(**overrides)

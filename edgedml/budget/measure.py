@@ -17,8 +17,8 @@ from edgedml.config import TrainConfig
 
 def measure_cuda_peak(config: TrainConfig, input_size: int, batch_size: int, memory_size: int = 0) -> int:
     """Peak bytes allocated by one steady-state training step on ``cuda`` (persistent state included)."""
-    from edgedml.budget.planner import _loss
     from edgedml.models import build_model
+    from edgedml.training.objective import StepOutputs, build_network, build_objective
     from edgedml.training.trainer import make_optimizer
 
     device = torch.device("cuda")
@@ -26,13 +26,14 @@ def measure_cuda_peak(config: TrainConfig, input_size: int, batch_size: int, mem
     torch.cuda.empty_cache()
     baseline = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    model = build_model(config.backbone, config.dim).to(device)
-    optimizer = make_optimizer(model, config)
-    loss_fn = _loss(config, memory_size, batch_size).to(device)
-    if memory_size:
+    network = build_network(config, build_model(config.backbone, config.dim)).to(device)
+    optimizer = make_optimizer(network, config)
+    objective = build_objective(config, memory_size).to(device)
+    memory = objective.memory_loss
+    if memory is not None:
         stored = F.normalize(torch.randn(memory_size, config.dim, device=device), dim=1)
-        loss_fn.memory.enqueue(stored, torch.randint(0, max(2, memory_size // config.samples_per_class), (memory_size,), device=device))
-        loss_fn.iteration.fill_(loss_fn.warmup_iters)
+        memory.memory.enqueue(stored, torch.randint(0, max(2, memory_size // config.samples_per_class), (memory_size,), device=device))
+        memory.iteration.fill_(memory.warmup_iters)
     images = torch.randn(batch_size, 3, input_size, input_size, device=device)
     labels = torch.arange(batch_size, device=device) // config.samples_per_class
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
@@ -40,8 +41,8 @@ def measure_cuda_peak(config: TrainConfig, input_size: int, batch_size: int, mem
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=config.amp):
-            embeddings = model.embed_raw(images)
-        scaler.scale(loss_fn(embeddings.float(), labels)).backward()
+            embeddings, features, aux = network(images)
+        scaler.scale(objective(StepOutputs(embeddings, features, aux, images), labels)).backward()
         scaler.step(optimizer)
         scaler.update()
 

@@ -26,6 +26,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -96,31 +97,34 @@ def _tensor_bytes(tensors) -> int:
 class StepTracer:
     """Traces one configuration's training step at any batch and memory size.
 
-    The fake model, optimizer and their state are built once; ``estimate`` re-traces the
-    step for each (batch, memory) pair asked for.
+    The fake training network (the model, plus S2SD's auxiliary heads), the optimizer and its
+    state are built once; ``estimate`` re-traces the step for each (batch, memory) pair asked
+    for. A ``--teacher`` adds its frozen weights and its no-grad forward pass.
     """
 
     def __init__(self, config: TrainConfig, input_size: int):
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         from edgedml.models import build_model
+        from edgedml.training.objective import build_network
 
         self.config = config
         self.input_size = input_size
         self.device = _trace_device()
         self.fake_mode = FakeTensorMode()
         with self.fake_mode:
-            self.model = build_model(config.backbone, config.dim)
+            self.network = build_network(config, build_model(config.backbone, config.dim))
             if self.device != "cpu":
-                self.model = self.model.to(self.device)
-            self.optimizer = _optimizer(self.model, config)
+                self.network = self.network.to(self.device)
+            self.optimizer = _optimizer(self.network, config)
             self._model_step(config.samples_per_class * 2)  # creates the optimizer state
-        self.parameters = _tensor_bytes(self.model.parameters())
-        self.buffers = _tensor_bytes(self.model.buffers())
-        self.gradients = _tensor_bytes(p for p in self.model.parameters() if p.requires_grad)
+        self.parameters = _tensor_bytes(self.network.parameters())
+        self.buffers = _tensor_bytes(self.network.buffers())
+        self.gradients = _tensor_bytes(p for p in self.network.parameters() if p.requires_grad)
         self.optimizer_state = _tensor_bytes(
             v for state in self.optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)
         )
+        self.teacher = _FakeTeacher(config.teacher, self.fake_mode, self.device) if config.teacher else None
         self._model_cache: dict[int, tuple[int, int]] = {}
         self._affine: tuple | bool | None = None
 
@@ -129,9 +133,11 @@ class StepTracer:
         self.optimizer.zero_grad(set_to_none=True)
         amp_dtype = torch.float16 if self.device == "cuda" else torch.bfloat16
         with torch.autocast(self.device, dtype=amp_dtype, enabled=self.config.amp):
-            embeddings = self.model.embed_raw(images)
+            embeddings, features, aux = self.network(images)
         after_forward = timeline.mark() if timeline is not None else 0
-        embeddings.float().square().mean().backward()  # stand-in loss: the real one is traced apart
+        # A stand-in loss drives the backward pass through every output; the real one is traced apart.
+        stand_in = embeddings.float().square().mean() + sum(a.float().square().mean() for a in aux)
+        stand_in.backward()
         self.optimizer.step()
         return after_forward
 
@@ -174,29 +180,43 @@ class StepTracer:
         return self._model_cache[batch_size]
 
     def loss_step(self, batch_size: int, memory_size: int) -> tuple[int, int]:
-        """(memory bank bytes, transient peak of the loss forward + backward), on real tensors."""
-        loss_fn = _loss(self.config, memory_size, batch_size)
+        """(memory bank bytes, transient peak of the objective's forward + backward), on real tensors."""
+        from edgedml.training.objective import StepOutputs, build_objective
+
+        objective = build_objective(self.config, memory_size)
         generator = torch.Generator().manual_seed(0)
         per_class = self.config.samples_per_class
         labels = torch.arange(batch_size) // per_class
         bank_bytes = 0
-        if memory_size:
+        memory = objective.memory_loss
+        if memory is not None:
             stored = F.normalize(torch.randn(memory_size, self.config.dim, generator=generator), dim=1)
-            loss_fn.memory.enqueue(stored, torch.randint(0, max(2, memory_size // per_class), (memory_size,), generator=generator))
-            loss_fn.iteration.fill_(loss_fn.warmup_iters)
-            bank_bytes = _tensor_bytes(loss_fn.buffers())
-        embeddings = torch.randn(batch_size, self.config.dim, generator=generator, requires_grad=True)
+            memory.memory.enqueue(stored, torch.randint(0, max(2, memory_size // per_class), (memory_size,), generator=generator))
+            memory.iteration.fill_(memory.warmup_iters)
+            bank_bytes = _tensor_bytes(memory.memory.buffers())
+        heads = self.network.aux_heads
+        outputs = StepOutputs(
+            embeddings=torch.randn(batch_size, self.config.dim, generator=generator, requires_grad=True),
+            features=torch.randn(batch_size, self.network.model.backbone.num_features, generator=generator, requires_grad=True),
+            aux=[F.normalize(torch.randn(batch_size, d, generator=generator), dim=1).requires_grad_(True) for d in (heads.dims if heads else [])],
+        )
+        if self.config.distill == "s2sd" and self.config.feature_distill:
+            objective.loss.iteration.fill_(self.config.feature_distill_delay)  # plan for the step with every term
         with AllocationTimeline() as timeline:
-            loss_fn(embeddings, labels).backward()
-        return bank_bytes, timeline.peak_bytes()
+            objective(outputs, labels).backward()
+        peak = timeline.peak_bytes()
+        if self.teacher is not None:  # its no-grad forward runs inside the objective, the student's activations alive
+            peak += self.teacher.forward_peak(batch_size)
+        return bank_bytes, peak
 
     def estimate(self, batch_size: int, memory_size: int = 0) -> StepEstimate:
         activations, model_peak = self.model_step(batch_size)
         bank, loss_peak = self.loss_step(batch_size, memory_size)
+        teacher_bytes = self.teacher.parameters if self.teacher is not None else 0
         return StepEstimate(
             batch_size=batch_size,
             memory_size=memory_size,
-            parameters=self.parameters,
+            parameters=self.parameters + teacher_bytes,
             buffers=self.buffers,
             gradients=self.gradients,
             optimizer_state=self.optimizer_state,
@@ -207,22 +227,33 @@ class StepTracer:
         )
 
 
+class _FakeTeacher:
+    """A ``--teacher`` run's model on fake tensors: its weight bytes and its inference peak."""
+
+    def __init__(self, run_dir: str, fake_mode, device: str):
+        from edgedml.models import build_model
+        from edgedml.training.run import RunDir
+
+        teacher_config = RunDir(Path(run_dir)).load_config()
+        self.input_size = teacher_config.input_size or 128
+        self.fake_mode = fake_mode
+        with fake_mode:
+            self.model = build_model(teacher_config.backbone, teacher_config.dim).eval()
+            if device != "cpu":
+                self.model = self.model.to(device)
+        self.device = device
+        self.parameters = _tensor_bytes(self.model.parameters()) + _tensor_bytes(self.model.buffers())
+
+    def forward_peak(self, batch_size: int) -> int:
+        with self.fake_mode, torch.no_grad(), AllocationTimeline() as timeline:
+            self.model(torch.empty(batch_size, 3, self.input_size, self.input_size, device=self.device))
+        return timeline.peak_bytes() + batch_size * 3 * self.input_size**2 * 4
+
+
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     from edgedml.training.trainer import make_optimizer
 
     return make_optimizer(model, config)
-
-
-def _loss(config: TrainConfig, memory_size: int, batch_size: int) -> torch.nn.Module:
-    from edgedml.losses import create_loss
-    from edgedml.memory import CrossBatchLoss, CrossBatchMemory, build_memory_adapter
-
-    loss = create_loss(config.loss, config.margin, config.mining, config.normalize)
-    if config.memory == "none" or memory_size == 0:
-        return loss
-    adapter = build_memory_adapter(config.memory, config.dim, config.axbn_q, config.axbn_r, config.axbn_p0, config.axbn_gain_interval)
-    memory = CrossBatchMemory(memory_size, config.dim, config.memory_storage)
-    return CrossBatchLoss(loss, memory, adapter, config.memory_warmup, config.memory_weight, config.memory_batch_loss)
 
 
 # ---- fitting to a budget ---------------------------------------------------------------
