@@ -183,3 +183,16 @@ def test_profile_command_writes_a_report_that_reads_back(tmp_path):
     small = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "tiny"), "--backbone", "tiny", "--budget", "1MiB", "--no-measure"])
     assert small.exit_code == 0 and "does not fit" in small.output
     assert json.loads((tmp_path / "tiny" / "report.json").read_text())["fits"] is False
+
+
+@pytest.mark.parametrize("overrides", [{}, {"memory": "xbn", "memory_warmup": 0}, {"distill": "s2sd", "aux_dims": "64"}])
+def test_loss_step_interpolation_equals_a_direct_trace(overrides):
+    tracer = StepTracer(config(**overrides), input_size=16)
+    memory_size = 300 if "memory" in overrides else 0
+    for batch_size in (40, 100):
+        bank, direct = tracer._trace_loss_step(batch_size, memory_size)
+        live = peak = 0
+        for delta in direct:
+            live += delta
+            peak = max(peak, live)
+        assert tracer.loss_step(batch_size, memory_size) == (bank, peak)

@@ -137,12 +137,17 @@ def test_quickstart_keeps_its_promise(cli, tmp_path):
     out = tmp_path / "quickstart"
     result = cli("quickstart", "--out", out)
     assert result.exit_code == 0, str(result)
-    summary = read_json(out / "summary.json")
+    summary = read_json(out / "shadow-64d" / "summary.json")
     assert summary["test_classes"] == ["5", "6", "7", "8", "9"]  # digits never seen in training
     assert summary["recall_at_1"] >= 0.85, summary
     # Recall@1 of digits is high even for random features; training must buy ranking quality.
     assert summary["map_at_r"] > summary["untrained_map_at_r"] + 0.05, summary
     assert "before training: Recall@1" in result.output
+    plain, distilled = read_json(out / "plain-16d" / "summary.json"), read_json(out / "s2sd-16d" / "summary.json")
+    assert plain["parameters"] == distilled["parameters"] < distilled["parameters_training"]  # heads never exported
+    for name, run in (("plain-16d", plain), ("s2sd-16d", distilled)):
+        row = next(line for line in result.output.splitlines() if name in line and "Recall" not in line)
+        assert f"{run['recall_at_1']:.4f}" in row
     assert "next commands to try" in result.output
-    assert f"edgedml eval {out}" in result.output
+    assert f"edgedml eval {out / 'shadow-64d'}" in result.output
     assert "edgedml train --data" in result.output

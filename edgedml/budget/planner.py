@@ -127,6 +127,8 @@ class StepTracer:
         self.teacher = _FakeTeacher(config.teacher, self.fake_mode, self.device) if config.teacher else None
         self._model_cache: dict[int, tuple[int, int]] = {}
         self._affine: tuple | bool | None = None
+        self._loss_cache: dict[tuple[int, int], tuple[int, int]] = {}
+        self._loss_polynomial: dict[int, list | None] = {}
 
     def _model_step(self, batch_size: int, timeline: AllocationTimeline | None = None) -> int:
         images = torch.empty(batch_size, 3, self.input_size, self.input_size, device=self.device)
@@ -179,8 +181,8 @@ class StepTracer:
         self._model_cache[batch_size] = (activations, peak + images_bytes)
         return self._model_cache[batch_size]
 
-    def loss_step(self, batch_size: int, memory_size: int) -> tuple[int, int]:
-        """(memory bank bytes, transient peak of the objective's forward + backward), on real tensors."""
+    def _trace_loss_step(self, batch_size: int, memory_size: int) -> tuple[int, list[int]]:
+        """(memory bank bytes, the objective's signed allocation sizes in order), on real tensors."""
         from edgedml.training.objective import StepOutputs, build_objective
 
         objective = build_objective(self.config, memory_size)
@@ -204,10 +206,37 @@ class StepTracer:
             objective.loss.iteration.fill_(self.config.feature_distill_delay)  # plan for the step with every term
         with AllocationTimeline() as timeline:
             objective(outputs, labels).backward()
-        peak = timeline.peak_bytes()
-        if self.teacher is not None:  # its no-grad forward runs inside the objective, the student's activations alive
-            peak += self.teacher.forward_peak(batch_size)
-        return bank_bytes, peak
+        return bank_bytes, timeline.deltas()
+
+    def loss_step(self, batch_size: int, memory_size: int) -> tuple[int, int]:
+        """(memory bank bytes, transient peak of the objective's forward + backward).
+
+        Shadow's step allocates the same sequence at every batch size, each size a polynomial of
+        degree <= 2 in it ((S, S) and (S, M) matrices), so three small traces give the sizes at any
+        batch size exactly; losses whose allocations depend on the data (pytorch-metric-learning's
+        miners) do not match across the three and are traced at each size instead.
+        """
+        key = (batch_size, memory_size)
+        if key not in self._loss_cache:
+            samples = self._loss_samples(memory_size)
+            if samples is not None and batch_size not in dict(samples):
+                bank = samples[0][1][0]
+                deltas = _lagrange([(b, d) for b, (_, d) in samples], batch_size)
+            else:
+                bank, deltas = dict(samples)[batch_size] if samples is not None else self._trace_loss_step(batch_size, memory_size)
+            peak = _prefix_peak(deltas)
+            if self.teacher is not None:  # its no-grad forward runs inside the objective, the student's activations alive
+                peak += self.teacher.forward_peak(batch_size)
+            self._loss_cache[key] = (bank, peak)
+        return self._loss_cache[key]
+
+    def _loss_samples(self, memory_size: int) -> list[tuple[int, tuple[int, list[int]]]] | None:
+        if memory_size not in self._loss_polynomial:
+            per_class = self.config.samples_per_class
+            points = [(b, self._trace_loss_step(b, memory_size)) for b in (2 * per_class, 4 * per_class, 6 * per_class)]
+            lengths = {len(deltas) for _, (_, deltas) in points}
+            self._loss_polynomial[memory_size] = points if len(lengths) == 1 else None
+        return self._loss_polynomial[memory_size]
 
     def estimate(self, batch_size: int, memory_size: int = 0) -> StepEstimate:
         activations, model_peak = self.model_step(batch_size)
@@ -225,6 +254,27 @@ class StepTracer:
             loss_buffers=loss_peak,
             model_step_peak=model_peak,
         )
+
+
+def _prefix_peak(deltas: list[int]) -> int:
+    live = peak = 0
+    for delta in deltas:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
+def _lagrange(samples: list[tuple[int, list[int]]], x: int) -> list[int]:
+    """Each event's size at ``x`` from its sizes at the sample points (exact for polynomials of degree < len(samples))."""
+    weights = []
+    for i, (xi, _) in enumerate(samples):
+        weight = 1.0
+        for j, (xj, _) in enumerate(samples):
+            if i != j:
+                weight *= (x - xj) / (xi - xj)
+        weights.append(weight)
+    columns = zip(*(deltas for _, deltas in samples), strict=True)
+    return [round(sum(w * d for w, d in zip(weights, column, strict=True))) for column in columns]
 
 
 class _FakeTeacher:
