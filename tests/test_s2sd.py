@@ -25,7 +25,7 @@ def test_similarity_kl_by_hand():
     t = 2.0
     p_base = [math.exp(1 / t) / (math.exp(1 / t) + 1), 1 / (math.exp(1 / t) + 1)]
     p_teacher = [math.exp(1 / t) / (math.exp(1 / t) + math.exp(0.6 / t)), math.exp(0.6 / t) / (math.exp(1 / t) + math.exp(0.6 / t))]
-    row = sum(pt * (math.log(pt) - math.log(pb)) for pt, pb in zip(p_teacher, p_base))
+    row = sum(pt * (math.log(pt) - math.log(pb)) for pt, pb in zip(p_teacher, p_base, strict=True))
     assert similarity_kl(student, teacher, t).item() == pytest.approx(2 * row * t**2 / 2, rel=1e-12)
     assert similarity_kl(teacher, teacher, t).item() == pytest.approx(0.0, abs=1e-12)
 
