@@ -9,6 +9,7 @@ memory can wrap it without special cases.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ class AvgNonZeroReducer:
         return terms.losses.sum() / terms.counts.sum().clamp(min=1)
 
 
-class BaseMetricLoss(nn.Module):
+class BaseMetricLoss(nn.Module, ABC):
     """Base class: subclasses write ``compute_loss``; ``forward`` reduces.
 
     embeddings: (S, D) float; labels: (S,) long; ref_emb: (N, D) float or None (then the
@@ -46,6 +47,7 @@ class BaseMetricLoss(nn.Module):
         super().__init__()
         self.reducer = reducer or AvgNonZeroReducer()
 
+    @abstractmethod
     def compute_loss(
         self,
         embeddings: torch.Tensor,
@@ -54,7 +56,7 @@ class BaseMetricLoss(nn.Module):
         ref_labels: torch.Tensor | None,
         anchor_ref_index: torch.Tensor | None,
     ) -> LossTerms:
-        raise NotImplementedError
+        """Per-element losses with their triplet counts and anchors; see :class:`LossTerms`."""
 
     def forward(
         self,
