@@ -196,3 +196,15 @@ def test_loss_step_interpolation_equals_a_direct_trace(overrides):
             live += delta
             peak = max(peak, live)
         assert tracer.loss_step(batch_size, memory_size) == (bank, peak)
+
+
+def test_measured_line_is_fitted_and_checked_against_the_prediction():
+    from edgedml.budget.measure import fit_line
+    from edgedml.budget.report import _line_check
+
+    assert fit_line([(8, 100), (16, 180), (32, 340)]) == pytest.approx((20.0, 10.0))
+    tracer = StepTracer(config(), input_size=16)
+    measured = [{"batch_size": b, "measured": tracer.estimate(b).peak} for b in (8, 16, 32)]
+    check = _line_check(measured, tracer, 64, 0)
+    assert check["line_at_batch"] == pytest.approx(tracer.estimate(64).peak, rel=0.02)  # the step is affine in the batch
+    assert abs(check["error"]) < 0.02

@@ -40,6 +40,7 @@ class Report:
     batch_curve: list[dict[str, int]]
     memory_curve: list[dict[str, int]]
     measured: list[dict[str, Any]] = field(default_factory=list)
+    measured_line: dict[str, float] | None = None  # least-squares bytes = intercept + slope * batch, and its check
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class Report:
             "batch_curve": self.batch_curve,
             "memory_curve": self.memory_curve,
             "measured": self.measured,
+            "measured_line": self.measured_line,
         }
 
 
@@ -88,7 +90,19 @@ def build_report(config: TrainConfig, measure: bool = True) -> Report:
     batch_curve = _batch_curve(tracer, budget, config.samples_per_class, batch_size, memory_size)
     memory_curve = _memory_curve(tracer, budget, batch_size, memory_size, train_images) if config.memory != "none" else []
     measured = _measured(config, input_size, tracer, memory_size) if measure and torch.cuda.is_available() else []
-    return Report(device, budget, config.to_dict(), input_size, train_images, plan, failure, batch_curve, memory_curve, measured)
+    line = _line_check(measured, tracer, batch_size, memory_size) if measured else None
+    return Report(device, budget, config.to_dict(), input_size, train_images, plan, failure, batch_curve, memory_curve, measured, line)
+
+
+def _line_check(measured: list[dict[str, Any]], tracer: StepTracer, batch_size: int, memory_size: int) -> dict[str, float]:
+    """Fit the measured peaks against batch size and compare the line at the chosen batch with the prediction."""
+    from edgedml.budget.measure import fit_line
+
+    intercept, slope = fit_line([(m["batch_size"], m["measured"]) for m in measured])
+    extrapolated = intercept + slope * batch_size
+    predicted = tracer.estimate(batch_size, memory_size).peak
+    return {"intercept": intercept, "slope": slope, "batch_size": batch_size, "line_at_batch": extrapolated,
+            "predicted_at_batch": predicted, "error": predicted / extrapolated - 1.0}
 
 
 def _memory_count(config: TrainConfig, train_images: int) -> int:
@@ -234,6 +248,10 @@ def _markdown(report: Report, plots: list[str]) -> str:
     if report.measured:
         lines += ["| batch | memory | measured MiB | predicted MiB | error |", "|---:|---:|---:|---:|---:|"]
         lines += [f"| {m['batch_size']} | {m['memory_size']} | {m['measured'] / MIB:.1f} | {m['predicted'] / MIB:.1f} | {m['error']:+.1%} |" for m in report.measured]
+        line = report.measured_line
+        lines += ["", f"Measured line: {line['intercept'] / MIB:.1f} MiB + {line['slope'] / MIB:.2f} MiB per image; at batch "
+                  f"{line['batch_size']} it gives {line['line_at_batch'] / MIB:.1f} MiB against the predicted "
+                  f"{line['predicted_at_batch'] / MIB:.1f} MiB ({line['error']:+.1%})."]
     else:
         lines.append("No CUDA device here: the figures above are predictions only.")
     lines += ["", *[f"![{name}]({name})" for name in plots], ""]
