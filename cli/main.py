@@ -8,6 +8,7 @@ import typer
 
 from edgedml import __version__
 from edgedml.cli.eval import evaluate
+from edgedml.cli.export import export
 from edgedml.cli.profile import profile
 from edgedml.cli.profiles import profiles_app
 from edgedml.cli.quickstart import quickstart
@@ -26,6 +27,7 @@ app.command("eval")(evaluate)
 app.command("quickstart")(quickstart)
 app.add_typer(profiles_app, name="profiles")
 app.command("profile")(profile)
+app.command("export")(export)
 
 
 def _version(value: bool) -> None:

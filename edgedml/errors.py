@@ -36,6 +36,10 @@ class TrainingError(EdgedmlError):
     """Training cannot go on (a diverged distributed state, a setting that cannot work)."""
 
 
+class ExportError(EdgedmlError):
+    """An export failed or did not match PyTorch; nothing was written."""
+
+
 class NonFiniteLossError(EdgedmlError):
     """The loss became NaN or infinite; the run stopped before updating the weights."""
 

@@ -1,0 +1,1 @@
+"""Exporting the embedding model: ONNX (verified with onnxruntime); reduced precision and TensorRT come next."""
