@@ -115,3 +115,11 @@ def test_post_hoc_teacher_stays_frozen_and_teaches(tmp_path):
     assert not any(".teacher." in key or key.startswith("loss.teacher") for key in last)
     with pytest.raises(Exception, match="choose one"):
         TrainConfig.from_sources(overrides={**teacher_options, "distill": "s2sd", "teacher": "x"})
+
+
+def test_s2sd_works_with_a_cross_batch_memory_holding_the_base_embedding(tmp_path):
+    trainer = Trainer(s2sd_config(epochs=1, memory="xbn", memory_size=200, memory_warmup=2), tmp_path / "run")
+    trainer.fit()
+    last = load_file(str(tmp_path / "run" / "last.safetensors"))
+    assert last["loss.base_loss.memory.embeddings"].shape == (200, 8)  # the base embedding's dimension, not a head's
+    assert int(last["loss.base_loss.memory.filled"]) > 0
