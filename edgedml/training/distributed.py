@@ -82,6 +82,12 @@ def check_identical_across_ranks(state: dict[str, torch.Tensor], what: str) -> N
         raise TrainingError(f"{what} diverged between ranks", hint="this is a bug in edgedml: please report it")
 
 
+def synchronize(context: DistributedContext) -> None:
+    """Wait for every rank (a no-op for a world of one)."""
+    if context.enabled:
+        dist.barrier()
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -60,6 +60,7 @@ from edgedml.training.distributed import (
     cleanup,
     gather_in_rank_order,
     init_from_environment,
+    synchronize,
 )
 from edgedml.training.evaluate import evaluate_split, load_run_model
 from edgedml.training.objective import Objective, StepOutputs, build_network, build_objective
@@ -211,6 +212,9 @@ class Trainer:
                 f"{self.run.root} already holds a run",
                 hint=f"resume it with --resume {self.run.root}, pick another --out, or pass --overwrite",
             )
+        # Every rank has looked before rank 0 writes the new run's config.yaml: otherwise a slower rank
+        # would find it and refuse the directory as an existing run.
+        synchronize(self.dist)
         main = self.dist.is_main
         if main:
             self.run.root.mkdir(parents=True, exist_ok=True)
