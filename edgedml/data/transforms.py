@@ -105,5 +105,7 @@ def train_transform(size: int, crop_scale: float = 0.6, hflip: bool = False) -> 
     return Compose(*steps)
 
 
-def eval_transform(size: int) -> Compose:
-    return Compose(Resize(size), Normalize())
+def eval_transform(
+    size: int, mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD
+) -> Compose:
+    return Compose(Resize(size), Normalize(tuple(mean), tuple(std)))

@@ -26,13 +26,13 @@ import torch
 from edgedml import __version__
 from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgedml.errors import ConfigError, ExportError
+from edgedml.export.runtime import INPUT_NAME, OUTPUT_NAME
 from edgedml.io import atomic_path
 from edgedml.training.evaluate import load_run_model
 from edgedml.training.run import RunDir, config_hash
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
 FP32_TOLERANCE = 1e-4
 MAX_BATCH = 4096
 CHECK_IMAGES = 32
@@ -52,8 +52,8 @@ class ExportResult:
                 "max_abs_diff": self.max_abs_diff, "checked_images": self.checked_images, "metadata": self.metadata}
 
 
-def model_metadata(run_dir: Path, dim: int, input_size: int, config) -> dict[str, str]:
-    """Key/value strings stored in the ONNX file's metadata_props."""
+def model_metadata(run_dir: Path, dim: int, input_size: int, config, batch: int | None = None, precision: str = "fp32") -> dict[str, str]:
+    """Key/value strings stored in the ONNX file's metadata_props (read back by ``ModelInfo.from_metadata``)."""
     return {
         "edgedml_version": __version__,
         "embedding_dim": str(dim),
@@ -65,6 +65,8 @@ def model_metadata(run_dir: Path, dim: int, input_size: int, config) -> dict[str
         "output": "L2-normalized embeddings, cosine similarity = dot product",
         "config_hash": config_hash(config),
         "backbone": config.backbone,
+        "batch": "dynamic" if batch is None else str(batch),
+        "precision": precision,
         "run": str(run_dir),
     }
 
@@ -100,7 +102,7 @@ def export_onnx(
     target = Path(out) if out is not None else run_dir / "model.onnx"
     if target.suffix != ".onnx":
         raise ConfigError(f"--out {target}: an ONNX file must end in .onnx")
-    metadata = model_metadata(run_dir, config.dim, images.shape[-1], config)
+    metadata = model_metadata(run_dir, config.dim, images.shape[-1], config, batch)
     with atomic_path(target) as tmp:
         _export_graph(model, images, tmp, opset, batch, metadata)
         max_diff = verify_onnx(tmp, model, images if batch is None else images[:batch], FP32_TOLERANCE)

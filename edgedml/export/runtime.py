@@ -1,0 +1,268 @@
+"""One interface over the three ways to run an exported embedding model: PyTorch, onnxruntime, TensorRT.
+
+An *embedder* takes a float32 batch laid out as the model's metadata says (NCHW, RGB in [0, 1],
+normalized by mean/std) and returns float32 L2-normalized embeddings. It hides the model's batch
+constraints: a fixed-batch file is fed in chunks of exactly its batch size (the last one padded),
+a dynamic one in chunks of at most ``max_batch``. ``embed_samples`` runs one over a list of
+:class:`~edgedml.data.Sample` with the preprocessing the model was trained with, skipping and
+reporting unreadable images, so ``eval``, ``index``, ``search`` and ``bench`` share one path.
+
+``load_embedder`` picks the runtime from the file: ``*.onnx`` -> onnxruntime, ``*.engine`` /
+``*.plan`` -> TensorRT, a run directory (``config.yaml``) -> PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgedml.errors import ConfigError, ExportError, ModelError
+
+RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+ENGINE_SUFFIXES = (".engine", ".plan")
+INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a consumer of an exported model needs to know, read from the model itself."""
+
+    dim: int
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color_order: str = "RGB"
+    config_hash: str = ""
+    precision: str = "fp32"  # fp32 | fp16 | int8
+    batch: int | None = None  # a fixed batch size, or None for a dynamic batch dimension
+    backbone: str = ""
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str], source: str) -> ModelInfo:
+        """Parse the key/value metadata edgedml writes into ONNX files and engine sidecars."""
+        try:
+            batch = metadata.get("batch", "dynamic")
+            return cls(
+                dim=int(metadata["embedding_dim"]),
+                input_size=int(metadata["input_size"]),
+                mean=tuple(float(v) for v in json.loads(metadata["mean"])),
+                std=tuple(float(v) for v in json.loads(metadata["std"])),
+                color_order=metadata.get("color_order", "RGB"),
+                config_hash=metadata.get("config_hash", ""),
+                precision=metadata.get("precision", "fp32"),
+                batch=None if batch == "dynamic" else int(batch),
+                backbone=metadata.get("backbone", ""),
+                extra=dict(metadata),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ModelError(
+                f"{source}: not an edgedml export (metadata {exc.args[0] if exc.args else exc} missing or malformed)",
+                hint="export the model with edgedml export",
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        return data
+
+
+class Embedder(Protocol):
+    """Runs one model; ``embed`` maps (N, 3, H, W) float32 to (N, dim) float32."""
+
+    runtime: str
+    path: Path
+    info: ModelInfo
+
+    def embed(self, images: np.ndarray) -> np.ndarray: ...
+
+
+class BatchedEmbedder:
+    """Base class: splits any N into batches the model accepts; subclasses implement ``_run``."""
+
+    runtime = ""
+    max_batch = 256  # for dynamic models: bounds memory, not correctness
+
+    def __init__(self, path: Path, info: ModelInfo):
+        self.path = path
+        self.info = info
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        expected = (3, self.info.input_size, self.info.input_size)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ModelError(
+                f"{self.path}: takes (N, {', '.join(map(str, expected))}) images, got {tuple(images.shape)}",
+                hint=f"resize the images to {self.info.input_size} x {self.info.input_size}",
+            )
+        if len(images) == 0:
+            return np.zeros((0, self.info.dim), np.float32)
+        step = self.info.batch or self.max_batch
+        outputs = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            count = len(chunk)
+            if self.info.batch is not None and count < step:  # a fixed-batch model: pad the last chunk
+                chunk = np.concatenate([chunk, np.zeros((step - count, *expected), np.float32)])
+            outputs.append(np.asarray(self._run(chunk), dtype=np.float32)[:count])
+        return np.concatenate(outputs)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxRuntimeEmbedder(BatchedEmbedder):
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such ONNX file", hint="export one with edgedml export RUN_DIR")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers or ort.get_available_providers()))
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+        metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        super().__init__(path, ModelInfo.from_metadata(metadata, str(path)))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+class TorchEmbedder(BatchedEmbedder):
+    """A training run's PyTorch model (``best`` or ``last`` weights), behind the same interface."""
+
+    runtime = "torch"
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu"):
+        import torch
+
+        from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from edgedml.training.evaluate import load_run_model
+        from edgedml.training.run import config_hash
+
+        self.torch = torch
+        self.model, config = load_run_model(run_dir, checkpoint, device)
+        self.device = next(self.model.parameters()).device
+        input_size = config.input_size
+        if input_size is None:
+            from edgedml.data.prepare import prepare_data
+
+            input_size = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed).default_input_size
+        info = ModelInfo(
+            dim=config.dim, input_size=input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            config_hash=config_hash(config), backbone=config.backbone,
+        )
+        super().__init__(Path(run_dir), info)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(self.torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+
+
+def runtime_for(path: str | Path) -> str:
+    """The runtime a model file needs, from its name (a run directory needs PyTorch)."""
+    path = Path(path)
+    if path.is_dir():
+        return "torch"
+    if path.suffix == ".onnx":
+        return "onnxruntime"
+    if path.suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    raise ConfigError(
+        f"{path}: not a model edgedml can run",
+        hint="give a run directory, an .onnx file or a TensorRT .engine/.plan file",
+    )
+
+
+def load_embedder(path: str | Path, runtime: str | None = None, device: str = "cpu", checkpoint: str = "best") -> Embedder:
+    """Open ``path`` with ``runtime`` (default: the one its file type needs)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such model file or run directory")
+    needed = runtime_for(path)
+    runtime = runtime or needed
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime != needed:
+        raise ConfigError(f"--runtime {runtime} cannot run {path}", hint=f"{path.name} needs --runtime {needed}")
+    if runtime == "torch":
+        return TorchEmbedder(path, checkpoint, device)
+    if runtime == "onnxruntime":
+        providers = None
+        if device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        return OnnxRuntimeEmbedder(path, providers)
+    from edgedml.export.tensorrt import TensorRTEmbedder
+
+    return TensorRTEmbedder(path)
+
+
+def embed_samples(
+    embedder: Embedder,
+    samples: list,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """Embed ``samples`` (a list of :class:`~edgedml.data.Sample`) with the model's own preprocessing.
+
+    Returns the (M, dim) embeddings and the indices into ``samples`` of the M images that decoded
+    (unreadable ones are logged and skipped). ``on_batch(n)`` is called after each batch of n samples.
+    """
+    from torch.utils.data import DataLoader
+
+    from edgedml.data import ImageDataset, collate_skip_bad, eval_transform
+
+    info = embedder.info
+    dataset = ImageDataset(samples, {s.label: 0 for s in samples}, eval_transform(info.input_size, info.mean, info.std))
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skip_bad)
+    embeddings: list[np.ndarray] = []
+    kept: list[int] = []
+    for batch_index, batch in enumerate(loader):
+        size = min(batch_size, len(samples) - batch_index * batch_size)
+        if batch is not None:
+            images, _, indices = batch
+            embeddings.append(embedder.embed(images.numpy()))
+            kept.extend(int(i) for i in indices)
+        if on_batch is not None:
+            on_batch(size)
+    if not embeddings:
+        return np.zeros((0, info.dim), np.float32), []
+    return np.concatenate(embeddings), kept
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a model file (or, for a run directory, of its best weights): identifies the exact model."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.safetensors"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_runtime_output(embeddings: np.ndarray, info: ModelInfo, source: str) -> None:
+    """An embedder's output must be (N, dim) and finite."""
+    if embeddings.ndim != 2 or embeddings.shape[1] != info.dim:
+        raise ExportError(f"{source}: produced {embeddings.shape}, expected (N, {info.dim})")
+    if not np.isfinite(embeddings).all():
+        raise ExportError(f"{source}: produced non-finite embeddings", hint="re-export in fp32")
