@@ -68,6 +68,11 @@ def model_metadata(run_dir: Path, dim: int, input_size: int, config, batch: int 
         "batch": "dynamic" if batch is None else str(batch),
         "precision": precision,
         "run": str(run_dir),
+        # How the run split its data, so that `edgedml eval MODEL --data SPEC` scores the same test classes.
+        "data": config.data,
+        "train_classes": str(config.train_classes),
+        "val_fraction": str(config.val_fraction),
+        "seed": str(config.seed),
     }
 
 
