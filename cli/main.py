@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from edgedml import __version__
+from edgedml.cli.bench import bench
 from edgedml.cli.eval import evaluate
 from edgedml.cli.export import export
 from edgedml.cli.profile import profile
@@ -28,6 +29,7 @@ app.command("quickstart")(quickstart)
 app.add_typer(profiles_app, name="profiles")
 app.command("profile")(profile)
 app.command("export")(export)
+app.command("bench")(bench)
 
 
 def _version(value: bool) -> None:

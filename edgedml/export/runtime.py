@@ -192,8 +192,13 @@ def runtime_for(path: str | Path) -> str:
     )
 
 
-def load_embedder(path: str | Path, runtime: str | None = None, device: str = "cpu", checkpoint: str = "best") -> Embedder:
-    """Open ``path`` with ``runtime`` (default: the one its file type needs)."""
+def load_embedder(
+    path: str | Path, runtime: str | None = None, device: str = "cpu", checkpoint: str = "best", threads: int | None = None
+) -> Embedder:
+    """Open ``path`` with ``runtime`` (default: the one its file type needs).
+
+    ``threads``: onnxruntime's intra-op threads (PyTorch's are process-wide: ``torch.set_num_threads``).
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such model file or run directory")
@@ -209,7 +214,7 @@ def load_embedder(path: str | Path, runtime: str | None = None, device: str = "c
         providers = None
         if device == "cpu":
             providers = ["CPUExecutionProvider"]
-        return OnnxRuntimeEmbedder(path, providers)
+        return OnnxRuntimeEmbedder(path, providers, threads=threads)
     from edgedml.export.tensorrt import TensorRTEmbedder
 
     return TensorRTEmbedder(path)
