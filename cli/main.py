@@ -10,9 +10,11 @@ from edgedml import __version__
 from edgedml.cli.bench import bench
 from edgedml.cli.eval import evaluate
 from edgedml.cli.export import export
+from edgedml.cli.index import index
 from edgedml.cli.profile import profile
 from edgedml.cli.profiles import profiles_app
 from edgedml.cli.quickstart import quickstart
+from edgedml.cli.search import search
 from edgedml.cli.train import train
 
 app = typer.Typer(
@@ -29,6 +31,8 @@ app.command("quickstart")(quickstart)
 app.add_typer(profiles_app, name="profiles")
 app.command("profile")(profile)
 app.command("export")(export)
+app.command("index")(index)
+app.command("search")(search)
 app.command("bench")(bench)
 
 

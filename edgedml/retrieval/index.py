@@ -1,0 +1,564 @@
+"""A gallery index: the embeddings of a gallery under an exported model, in FAISS, with a manifest.
+
+    INDEX_DIR/index.json          format version, the model (path, sha256, ModelInfo), index type and
+                                  parameters, count, and the names of the current generation's files
+    INDEX_DIR/index.<gen>.faiss   the FAISS index; row i is manifest row i
+    INDEX_DIR/manifest.<gen>.csv  id,path,label: one row per embedded image (in-memory sources such as
+                                  digits get ``<source>#<position>`` as their path)
+    INDEX_DIR/.partial/           embedded chunks of an unfinished build (what a re-run resumes from)
+
+Index types (inner product on L2-normalized embeddings = cosine similarity):
+
+- ``flat``: exact search, ``4 * dim`` bytes per vector: the default.
+- ``ivf``: an inverted file of ``nlist`` k-means cells; a query scans the ``nprobe`` nearest cells.
+- ``ivfpq``: the same, each vector stored as ``pq_m`` one-byte product-quantizer codes (Jégou et al.,
+  "Product quantization for nearest neighbor search", 2011): ``pq_m`` bytes per vector plus its 8-byte id.
+
+A write never touches the current generation: the new generation's files are written beside it, then
+``index.json`` (the commit point) is replaced atomically to name them, then the old files are removed.
+An interrupted build leaves the previous index as it was, and its embedded chunks in ``.partial/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedml import __version__
+from edgedml.data.sources import Sample, Source, load_csv_manifest, load_image_folder, load_source, named_sources
+from edgedml.errors import ConfigError, DataError, ModelError
+from edgedml.io import write_json, write_with
+
+log = logging.getLogger(__name__)
+
+FORMAT = "edgedml-index"
+FORMAT_VERSION = 1
+META_FILE = "index.json"
+PARTIAL_DIR = ".partial"
+INDEX_TYPES = ("flat", "ivf", "ivfpq")
+GALLERY_SPLITS = ("all", "test", "val", "train")
+METRIC = "inner_product"
+PQ_BITS = 8
+MIN_POINTS_PER_CELL = 39  # FAISS's k-means wants at least 39 training points per centroid
+MIN_NLIST = 4
+CHUNK_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One gallery image: ``key`` identifies it in the manifest (a resolved path, or ``<source>#<position>``)."""
+
+    key: str
+    sample: Sample
+
+
+@dataclass
+class IndexParams:
+    type: str = "flat"
+    nlist: int | None = None
+    nprobe: int | None = None
+    pq_m: int | None = None
+    pq_bits: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "metric": METRIC, "nlist": self.nlist, "nprobe": self.nprobe,
+                "pq_m": self.pq_m, "pq_bits": self.pq_bits}
+
+
+@dataclass
+class IndexSummary:
+    """What ``build_index`` did: rows added (embedded now or resumed from ``.partial``), rows in the index."""
+
+    path: Path
+    count: int
+    added: int
+    resumed: int
+    skipped: list[str]
+    dim: int
+    index: dict[str, Any]
+    bytes_per_vector: float
+    seconds: float
+    embedded_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "count": self.count, "added": self.added, "resumed": self.resumed,
+                "skipped": self.skipped, "dim": self.dim, "index": self.index,
+                "bytes_per_vector": self.bytes_per_vector, "seconds": self.seconds, "embedded_per_s": self.embedded_per_s}
+
+
+@dataclass
+class Manifest:
+    paths: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def write(self, path: Path) -> None:
+        def writer(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as handle:
+                rows = csv.writer(handle)
+                rows.writerow(["id", "path", "label"])
+                rows.writerows(zip(range(len(self.paths)), self.paths, self.labels, strict=True))
+
+        write_with(path, writer)
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        manifest = cls()
+        with path.open(newline="", encoding="utf-8") as handle:
+            for expected, row in enumerate(csv.DictReader(handle)):
+                if int(row["id"]) != expected:
+                    raise DataError(f"{path}: row ids are not 0..N-1 in order (row {expected} has id {row['id']})")
+                manifest.paths.append(row["path"])
+                manifest.labels.append(row["label"])
+        return manifest
+
+
+# ---------------------------------------------------------------------------------------------- gallery
+
+
+def gallery_items(spec: str, split: str = "all", settings=None) -> list[GalleryItem]:
+    """The images of a data spec to index: all of them, or one split made with the model's ``settings``."""
+    from edgedml.data.images import scan_samples
+    from edgedml.data.splits import class_disjoint_split
+
+    if split not in GALLERY_SPLITS:
+        raise ConfigError(f"--split {split!r} is not one of {', '.join(GALLERY_SPLITS)}")
+    source = _gallery_source(spec) if split == "all" else load_source(spec)
+    keys = {id(sample): _sample_key(source, position, sample) for position, sample in enumerate(source.samples)}
+    if split == "all":
+        chosen = source.samples
+    else:
+        scan = scan_samples(source.samples)
+        chosen = getattr(class_disjoint_split(scan.usable, settings.train_classes, settings.val_fraction, settings.seed), split)
+    if not chosen:
+        raise DataError(f"--gallery {spec}: the {split} split holds no image", hint="choose another --split")
+    return [GalleryItem(keys[id(sample)], sample) for sample in chosen]
+
+
+def _gallery_source(spec: str) -> Source:
+    """Like ``load_source``, but a gallery of a single class is fine (nothing is trained on it)."""
+    path = Path(spec).expanduser()
+    if spec in named_sources:
+        return named_sources.create(spec)
+    if path.is_dir():
+        return load_image_folder(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return load_csv_manifest(path)
+    return load_source(spec)  # raises the error that fits the spec
+
+
+def _sample_key(source: Source, position: int, sample: Sample) -> str:
+    if isinstance(sample.image, str):
+        return str(Path(sample.image).expanduser().resolve())
+    return f"{source.name}#{position}"
+
+
+# ---------------------------------------------------------------------------------------------- faiss
+
+
+def default_nlist(count: int) -> int:
+    """About 4 * sqrt(N) cells, with at least 39 training points per cell."""
+    return max(1, min(round(4 * math.sqrt(count)), count // MIN_POINTS_PER_CELL))
+
+
+def default_pq_m(dim: int) -> int:
+    """Two dimensions per one-byte sub-quantizer (dim / 2 bytes per vector): the largest divisor of dim <= dim / 2."""
+    return max(m for m in range(1, max(1, dim // 2) + 1) if dim % m == 0)
+
+
+def default_nprobe(nlist: int) -> int:
+    return max(1, min(nlist, round(nlist / 64)))
+
+
+def resolve_params(params: IndexParams, count: int | None, dim: int | None) -> IndexParams:
+    """Fill the defaults for a gallery of ``count`` vectors and refuse what cannot be trained.
+
+    With ``count`` and ``dim`` None, only the options are checked (what needs no gallery).
+    """
+    if params.type not in INDEX_TYPES:
+        raise ConfigError(f"--index-type {params.type!r} is not one of {', '.join(INDEX_TYPES)}")
+    if params.type == "flat":
+        for name in ("nlist", "nprobe", "pq_m"):
+            if getattr(params, name) is not None:
+                raise ConfigError(f"--{name.replace('_', '-')} applies to ivf and ivfpq indexes, not flat")
+        return IndexParams("flat")
+    if params.pq_m is not None and params.type != "ivfpq":
+        raise ConfigError("--pq-m applies to ivfpq indexes")
+    for name in ("nlist", "nprobe", "pq_m"):
+        value = getattr(params, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} must be at least 1")
+    if count is None or dim is None:
+        return params
+    nlist = params.nlist or default_nlist(count)
+    needed = max(MIN_NLIST, nlist) * MIN_POINTS_PER_CELL
+    if params.type == "ivfpq":
+        needed = max(needed, (1 << PQ_BITS) * MIN_POINTS_PER_CELL)
+    if count < needed:
+        raise ConfigError(
+            f"--index-type {params.type} with nlist {nlist} needs at least {needed:,} gallery images to train; "
+            f"this gallery has {count:,}",
+            hint="use --index-type flat (exact search, and fast at this size)",
+        )
+    pq_m = None
+    if params.type == "ivfpq":
+        pq_m = params.pq_m or default_pq_m(dim)
+        if dim % pq_m:
+            raise ConfigError(f"--pq-m {pq_m} must divide the embedding dimension {dim}")
+    nprobe = params.nprobe or default_nprobe(nlist)
+    if not 1 <= nprobe <= nlist:
+        raise ConfigError(f"--nprobe {nprobe} must lie in 1..nlist ({nlist})")
+    return IndexParams(params.type, nlist, nprobe, pq_m, PQ_BITS if pq_m else None)
+
+
+def new_faiss_index(params: IndexParams, dim: int):
+    import faiss
+
+    if params.type == "flat":
+        return faiss.IndexFlatIP(dim)
+    quantizer = faiss.IndexFlatIP(dim)
+    if params.type == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, params.nlist, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, dim, params.nlist, params.pq_m, params.pq_bits, faiss.METRIC_INNER_PRODUCT)
+    return index
+
+
+def set_nprobe(index, nprobe: int | None) -> None:
+    import faiss
+
+    if nprobe is not None:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+
+
+def on_device(index, device: str):
+    """The index on a GPU when asked for (``cuda``) and this faiss has GPU support; the CPU index otherwise."""
+    import faiss
+
+    if not device.startswith("cuda"):
+        return index
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        log.info("faiss has no GPU support here (pip install 'edgedml[faiss-gpu]'); searching on the CPU")
+        return index
+    resources = faiss.StandardGpuResources()
+    gpu_index = faiss.index_cpu_to_gpu(resources, int(device.partition(":")[2] or 0), index)
+    gpu_index.resources_owner = resources
+    return gpu_index
+
+
+def to_cpu(index):
+    import faiss
+
+    return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__ else index
+
+
+# ---------------------------------------------------------------------------------------------- index dir
+
+
+class GalleryIndex:
+    """An index directory opened for reading: ``meta`` (index.json), the FAISS ``index``, the ``manifest``."""
+
+    def __init__(self, root: Path, meta: dict[str, Any], index, manifest: Manifest):
+        self.root, self.meta, self.index, self.manifest = root, meta, index, manifest
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def count(self) -> int:
+        return int(self.meta["count"])
+
+    @property
+    def params(self) -> IndexParams:
+        spec = self.meta["index"]
+        return IndexParams(spec["type"], spec.get("nlist"), spec.get("nprobe"), spec.get("pq_m"), spec.get("pq_bits"))
+
+    @classmethod
+    def open(cls, root: str | Path) -> GalleryIndex:
+        import faiss
+
+        root = Path(root)
+        meta = read_meta(root)
+        files = meta["files"]
+        try:
+            index = faiss.read_index(str(root / files["index"]))
+            manifest = Manifest.read(root / files["manifest"])
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise DataError(f"{root}: the index files are missing or damaged ({str(exc).splitlines()[0]})",
+                            hint="rebuild it with edgedml index --overwrite") from None
+        if not index.ntotal == len(manifest) == meta["count"] or index.d != meta["dim"]:
+            raise DataError(
+                f"{root}: index ({index.ntotal} x {index.d}), manifest ({len(manifest)} rows) and index.json "
+                f"({meta['count']} x {meta['dim']}) disagree",
+                hint="rebuild it with edgedml index --overwrite",
+            )
+        return cls(root, meta, index, manifest)
+
+    def search(self, embeddings: np.ndarray, top_k: int, nprobe: int | None = None, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+        """Scores and row ids of the ``top_k`` nearest rows: (Q, k) each; id -1 where fewer were found."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise ModelError(f"query embeddings are {embeddings.shape}, the index holds {self.dim}-d vectors")
+        index = on_device(self.index, device)
+        if self.params.type != "flat":
+            set_nprobe(index, nprobe or self.params.nprobe)
+        scores, ids = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(top_k, self.count))
+        return scores, ids
+
+
+def read_meta(root: Path) -> dict[str, Any]:
+    path = root / META_FILE
+    if not path.is_file():
+        raise DataError(f"{root}: no {META_FILE}, so not an index directory", hint="build one with edgedml index MODEL --gallery SPEC --out DIR")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DataError(f"{path}: not an edgedml index description")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataError(
+            f"{path}: index format {version} (written by edgedml {meta.get('edgedml_version', '?')}) is newer than "
+            f"this edgedml ({__version__}) reads (format {FORMAT_VERSION})",
+            hint="upgrade edgedml, or rebuild the index with this version into another folder",
+        )
+    return meta
+
+
+def check_same_model(meta: dict[str, Any], info, digest: str, source: str, strict: bool) -> None:
+    """The model must be the index's: the same file (sha256), or, unless ``strict``, the same run and dimension."""
+    model = meta["model"]
+    if digest == model["sha256"]:
+        return
+    same_run = info.config_hash == model["info"].get("config_hash") and info.dim == model["info"].get("dim")
+    if strict or not same_run:
+        raise ModelError(
+            f"{source} is not the model that built the index (sha256 {digest[:12]} vs {model['sha256'][:12]}, "
+            f"dim {info.dim} vs {model['info'].get('dim')}, config {info.config_hash or '?'} vs {model['info'].get('config_hash') or '?'})",
+            hint=f"use the index's model {model['path']}, or build a new index with this one",
+        )
+    log.warning("%s differs from the index's model file (sha256 %s vs %s) but comes from the same run (config %s, %d-d)",
+                source, digest[:12], model["sha256"][:12], info.config_hash, info.dim)
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+def build_index(
+    model: str | Path,
+    gallery: str,
+    out: str | Path,
+    split: str = "all",
+    index_type: str | None = None,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    pq_m: int | None = None,
+    append: bool = False,
+    overwrite: bool = False,
+    batch_size: int = 64,
+    runtime: str | None = None,
+    device: str = "cpu",
+    chunk_size: int = CHUNK_SIZE,
+    on_start: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> IndexSummary:
+    """Embed ``gallery`` with ``model`` and write (or, with ``append``, extend) the index in ``out``.
+
+    ``on_start(total, done)`` is called once with the number of images to index and those already
+    embedded (resumed from ``out/.partial``), ``on_batch(n)`` after each embedded batch. Ctrl-C
+    (KeyboardInterrupt) keeps every finished chunk in ``.partial``; the same call resumes from there.
+    """
+    from edgedml.export.runtime import file_digest, load_embedder
+
+    started = time.perf_counter()
+    out = Path(out)
+    existing = _check_target(out, append, overwrite)
+    if existing is not None and append:
+        if index_type is not None and index_type != existing.params.type:
+            raise ConfigError(f"--index-type {index_type}: {out} is a {existing.params.type} index", hint="append keeps the index type")
+        if nlist is not None or pq_m is not None:
+            raise ConfigError("--nlist and --pq-m are fixed when the index is built; --append keeps them")
+    requested = IndexParams(index_type or "flat", nlist, nprobe, pq_m)
+    if not append:
+        resolve_params(requested, count=None, dim=None)  # option errors before any work
+    embedder = load_embedder(model, runtime, device)
+    digest = file_digest(model)
+    if existing is not None and append:
+        check_same_model(existing.meta, embedder.info, digest, str(model), strict=True)
+    settings = None
+    if split != "all":
+        from edgedml.training.evaluate import split_settings
+
+        settings = split_settings(embedder)
+    items = gallery_items(gallery, split, settings)
+    if existing is not None and append:
+        present = set(existing.manifest.paths)
+        items = [item for item in items if item.key not in present]
+    if not append:
+        resolve_params(requested, len(items), embedder.info.dim)  # too small a gallery for IVF: refuse before embedding
+    partial = _Partial(out / PARTIAL_DIR, digest)
+    resumed = len(partial.embeddings) + len(partial.skipped)
+    todo = [item for item in items if item.key not in partial.embeddings and item.key not in partial.skipped]
+    if on_start is not None:
+        on_start(len(items), len(items) - len(todo))
+    embed_started = time.perf_counter()
+    for start in range(0, len(todo), chunk_size):
+        partial.embed_chunk(embedder, todo[start : start + chunk_size], batch_size, on_batch)
+    embed_seconds = time.perf_counter() - embed_started
+    rows = [item for item in items if item.key in partial.embeddings]
+    skipped = [item.key for item in items if item.key in partial.skipped]
+    if existing is None or not append:
+        if not rows:
+            raise DataError(
+                f"--gallery {gallery}: none of its {len(items)} image(s) could be read" if items else f"--gallery {gallery}: no image to index",
+                hint="check the files listed in the warning" if items else "add images to the gallery",
+            )
+    vectors = np.stack([partial.embeddings[item.key] for item in rows]) if rows else np.zeros((0, embedder.info.dim), np.float32)
+    if existing is not None and append:
+        index, manifest, params = existing.index, existing.manifest, existing.params
+        if nprobe is not None:
+            params = resolve_params(IndexParams(params.type, params.nlist, nprobe, params.pq_m), existing.count, existing.dim)
+        index.add(vectors)
+        generation = existing.meta["generation"] + 1
+    else:
+        params = resolve_params(requested, len(vectors), embedder.info.dim)
+        index = train_index(params, vectors, device)
+        manifest = Manifest()
+        generation = existing.meta["generation"] + 1 if existing is not None else 1
+    manifest.paths.extend(item.key for item in rows)
+    manifest.labels.extend(item.sample.label for item in rows)
+    if rows or existing is None or not append or nprobe is not None:
+        size = _commit(out, generation, index, manifest, params, embedder, model, digest, gallery, split, len(rows),
+                       existing.meta if existing is not None and append else None)
+    else:
+        size = (out / existing.meta["files"]["index"]).stat().st_size
+    partial.remove()
+    embedded = len(rows) + len(skipped) - resumed
+    return IndexSummary(
+        path=out, count=len(manifest), added=len(rows), resumed=resumed, skipped=skipped, dim=embedder.info.dim,
+        index=params.to_dict(), bytes_per_vector=size / max(1, len(manifest)), seconds=time.perf_counter() - started,
+        embedded_per_s=embedded / embed_seconds if embed_seconds > 0 and embedded > 0 else 0.0,
+    )
+
+
+def _check_target(out: Path, append: bool, overwrite: bool) -> GalleryIndex | None:
+    if append and overwrite:
+        raise ConfigError("--append and --overwrite exclude each other")
+    if (out / META_FILE).exists():
+        existing = GalleryIndex.open(out)
+        if not (append or overwrite):
+            raise ConfigError(
+                f"--out {out} already holds an index of {existing.count:,} images",
+                hint="--append adds new images to it, --overwrite replaces it",
+            )
+        return existing
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(p.name != PARTIAL_DIR for p in out.iterdir()):
+        raise ConfigError(f"--out {out}: folder is not empty and holds no index", hint="give a new or empty folder")
+    return None
+
+
+def train_index(params: IndexParams, vectors: np.ndarray, device: str = "cpu"):
+    """A FAISS index of ``params`` (resolved) trained on and holding ``vectors``: (N, dim) float32."""
+    index = new_faiss_index(params, vectors.shape[1])
+    if params.type == "flat":
+        index.add(vectors)
+        return index
+    working = on_device(index, device)
+    working.train(vectors)
+    working.add(vectors)
+    index = to_cpu(working)
+    set_nprobe(index, params.nprobe)
+    return index
+
+
+def _commit(out: Path, generation: int, index, manifest: Manifest, params: IndexParams, embedder, model, digest: str,
+            gallery: str, split: str, added: int, previous: dict[str, Any] | None) -> int:
+    """Write the new generation's files, then index.json (the commit point), then remove what is stale."""
+    import faiss
+
+    files = {"index": f"index.{generation}.faiss", "manifest": f"manifest.{generation}.csv"}
+    write_with(out / files["index"], lambda tmp: faiss.write_index(to_cpu(index), str(tmp)))
+    manifest.write(out / files["manifest"])
+    history = list(previous["galleries"]) if previous is not None else []
+    history.append({"spec": gallery, "split": split, "added": added, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "edgedml_version": __version__,
+        "generation": generation,
+        "files": files,
+        "model": {"path": str(Path(model).resolve()), "sha256": digest, "runtime": embedder.runtime,
+                  "info": embedder.info.to_dict()},
+        "index": params.to_dict(),
+        "dim": int(index.d),
+        "count": len(manifest),
+        "galleries": history,
+    }
+    write_json(out / META_FILE, meta)
+    for stale in out.iterdir():
+        if stale.is_file() and stale.name.startswith(("index.", "manifest.")) and stale.name not in (META_FILE, *files.values()):
+            stale.unlink()
+    return (out / files["index"]).stat().st_size
+
+
+class _Partial:
+    """Embedded chunks of an unfinished build: ``chunk-<n>.npz`` holding keys, embeddings and skipped keys."""
+
+    def __init__(self, root: Path, digest: str):
+        self.root = root
+        self.digest = digest
+        self.embeddings: dict[str, np.ndarray] = {}
+        self.skipped: set[str] = set()
+        state = root / "state.json"
+        if state.is_file():
+            if json.loads(state.read_text(encoding="utf-8")).get("model_sha256") == digest:
+                self._load()
+            else:
+                log.warning("%s holds chunks embedded by another model; starting over", root)
+                shutil.rmtree(root)
+
+    def _load(self) -> None:
+        for chunk in sorted(self.root.glob("chunk-*.npz")):
+            with np.load(chunk, allow_pickle=False) as data:
+                self.embeddings.update(zip(data["keys"].tolist(), data["embeddings"], strict=True))
+                self.skipped.update(data["skipped"].tolist())
+        if self.embeddings or self.skipped:
+            log.info("resuming: %d image(s) already embedded in %s", len(self.embeddings) + len(self.skipped), self.root)
+
+    def embed_chunk(self, embedder, items: list[GalleryItem], batch_size: int, on_batch) -> None:
+        from edgedml.export.runtime import check_runtime_output, embed_samples
+
+        embeddings, kept = embed_samples(embedder, [item.sample for item in items], batch_size, on_batch)
+        check_runtime_output(embeddings, embedder.info, str(embedder.path))
+        keys = [items[i].key for i in kept]
+        skipped = sorted({item.key for item in items} - set(keys))
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True)
+            write_json(self.root / "state.json", {"model_sha256": self.digest})
+        name = self.root / f"chunk-{len(list(self.root.glob('chunk-*.npz'))):06d}.npz"
+
+        def writer(tmp: Path) -> None:
+            with tmp.open("wb") as handle:
+                np.savez(handle, keys=np.array(keys, dtype=str), embeddings=embeddings, skipped=np.array(skipped, dtype=str))
+
+        write_with(name, writer)
+        self.embeddings.update(zip(keys, embeddings, strict=True))
+        self.skipped.update(skipped)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

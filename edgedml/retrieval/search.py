@@ -1,0 +1,113 @@
+"""Search a gallery index with query images, embedded by the model that built the index.
+
+The model is the one named in the index's ``index.json`` unless another file is given (a moved or
+re-exported copy); either way it must be the index's model: the same file (sha256), or one exported
+from the same run (config hash) with the same dimension, e.g. an fp16 copy of the fp32 gallery model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedml.data.sources import ImageRef, Sample
+from edgedml.errors import ConfigError, DataError
+from edgedml.retrieval.index import GalleryIndex, check_same_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: int
+    path: str
+    label: str
+    score: float
+
+
+@dataclass
+class QueryResult:
+    query: str
+    hits: list[Hit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "hits": [asdict(hit) for hit in self.hits]}
+
+
+class Searcher:
+    """An index and its model, opened once for many searches."""
+
+    def __init__(self, index: GalleryIndex, embedder, device: str = "cpu"):
+        self.index, self.embedder, self.device = index, embedder, device
+
+    @classmethod
+    def open(cls, index_dir: str | Path, model: str | Path | None = None, runtime: str | None = None, device: str = "cpu") -> Searcher:
+        from edgedml.export.runtime import file_digest, load_embedder
+
+        index = GalleryIndex.open(index_dir)
+        model_path = Path(model) if model is not None else Path(index.meta["model"]["path"])
+        if model is None and not model_path.exists():
+            raise DataError(
+                f"{index_dir}: its model {model_path} is gone",
+                hint="pass the model's new location with --model",
+            )
+        embedder = load_embedder(model_path, runtime, device)
+        check_same_model(index.meta, embedder.info, file_digest(model_path), str(model_path), strict=False)
+        return cls(index, embedder, device)
+
+    def search(self, queries: Sequence[ImageRef | Path], top_k: int = 10, nprobe: int | None = None, batch_size: int = 64) -> list[QueryResult]:
+        """The ``top_k`` gallery rows nearest each query image (a file path or a uint8 array)."""
+        from edgedml.export.runtime import embed_samples
+
+        names = [_check_query(query, position) for position, query in enumerate(queries)]
+        samples = [Sample(image=str(q) if isinstance(q, Path) else q, label="") for q in queries]
+        embeddings, kept = embed_samples(self.embedder, samples, batch_size)
+        if len(kept) != len(samples):
+            bad = names[min(set(range(len(samples))) - set(kept))]
+            raise DataError(f"query image {bad}: unreadable", hint="pass an image file Pillow can open")
+        return self.search_embeddings(embeddings, names, top_k, nprobe)
+
+    def search_embeddings(self, embeddings: np.ndarray, names: Sequence[str], top_k: int = 10, nprobe: int | None = None) -> list[QueryResult]:
+        if top_k < 1:
+            raise ConfigError(f"--top-k {top_k} must be at least 1")
+        scores, ids = self.index.search(embeddings, top_k, nprobe, self.device)
+        manifest = self.index.manifest
+        results = []
+        for name, row_scores, row_ids in zip(names, scores, ids, strict=True):
+            hits = [
+                Hit(rank, int(row), manifest.paths[row], manifest.labels[row], float(score))
+                for rank, (row, score) in enumerate(((r, s) for r, s in zip(row_ids, row_scores, strict=True) if r >= 0), 1)
+            ]
+            results.append(QueryResult(name, hits))
+        return results
+
+
+def _check_query(query: ImageRef | Path, position: int) -> str:
+    """The query's display name; a missing or undecodable file is an error naming it."""
+    from edgedml.data.images import check_image
+
+    if isinstance(query, np.ndarray):
+        return f"<array {position}>"
+    reason = check_image(str(query))
+    if reason is not None:
+        raise DataError(f"query image {query}: {reason}", hint="pass an image file Pillow can open")
+    return str(query)
+
+
+def search(
+    index_dir: str | Path,
+    queries: Sequence[ImageRef | Path],
+    top_k: int = 10,
+    model: str | Path | None = None,
+    nprobe: int | None = None,
+    runtime: str | None = None,
+    device: str = "cpu",
+) -> list[QueryResult]:
+    """Open ``index_dir`` with its model (or ``model``, checked against it) and search it with ``queries``."""
+    return Searcher.open(index_dir, model, runtime, device).search(queries, top_k, nprobe)
