@@ -25,7 +25,7 @@ def index(
     split: Annotated[str, typer.Option("--split", help="all | test | val | train: test = the classes the model never saw, split as its run did.")] = "all",
     index_type: Annotated[str | None, typer.Option("--index-type", help="flat (exact, default) | ivf | ivfpq (compressed, for large galleries).")] = None,
     nlist: Annotated[int | None, typer.Option("--nlist", help="IVF cells (default about 4 * sqrt(N)).")] = None,
-    nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF cells a query scans (default nlist / 64); search can override it.")] = None,
+    nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF cells a query scans (default 8); search can override it.")] = None,
     pq_m: Annotated[int | None, typer.Option("--pq-m", help="IVF-PQ bytes per vector: sub-quantizers, dividing the dimension (default dim / 2).")] = None,
     append: Annotated[bool, typer.Option("--append", help="Add the gallery's new images to the index in --out (nothing is re-embedded).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the index in --out (kept until the new one is complete).")] = False,
