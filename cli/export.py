@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from edgedml.cli.common import JsonOption, RunDirArgument, console, fail, library_errors, print_json, setup_logging
+from edgedml.cli.common import JsonOption, RunDirArgument, console, err_console, fail, library_errors, print_json, setup_logging
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,16 @@ class Format:
 
 # Checked before any work starts (as Ultralytics does): an option a format cannot use is an error.
 FORMATS = {
-    "onnx": Format(".onnx", frozenset({"batch", "dynamic", "opset"}), "ONNX, fp32, dynamic batch, checked with onnxruntime (max |Δ| <= 1e-4)"),
+    "onnx": Format(
+        ".onnx",
+        frozenset({"batch", "dynamic", "opset", "half", "int8", "calib_data"}),
+        "ONNX fp32 (+ fp16 / int8 Q/DQ copies), checked with onnxruntime against PyTorch, Recall@1 of each on the test classes",
+    ),
+    "engine": Format(
+        ".engine",
+        frozenset({"batch", "dynamic", "opset", "half", "int8", "calib_data", "max_batch", "workspace", "profile", "timing_cache", "deepstream"}),
+        "TensorRT engine built on this GPU from the checked ONNX; sidecar model.engine.json records TensorRT version and GPU",
+    ),
 }
 
 
@@ -32,6 +43,14 @@ def export(
     batch: Annotated[int | None, typer.Option("--batch", help="A fixed batch size instead of a dynamic one.")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic batch dimension (the default unless --batch).")] = False,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the exporter's).")] = None,
+    half: Annotated[bool, typer.Option("--half", help="Also write an fp16 ONNX (model.fp16.onnx); engine: fp16.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write an int8 Q/DQ ONNX (model.int8.onnx), calibrated on --calib-data; engine: int8.")] = False,
+    calib_data: Annotated[str | None, typer.Option("--calib-data", help="int8 calibration images: a data spec like --data (default: the run's training split).")] = None,
+    max_batch: Annotated[int | None, typer.Option("--max-batch", help="engine: largest batch of the dynamic profile (default 32).")] = None,
+    workspace: Annotated[str | None, typer.Option("--workspace", help="engine: TensorRT workspace, e.g. 512MiB (default: 25% of the free device memory).")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="engine: device profile whose free memory sets the workspace.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option("--timing-cache", help="engine: timing cache file reused across builds (default: per GPU and TensorRT version under ~/.cache/edgedml).")] = None,
+    deepstream: Annotated[bool, typer.Option("--deepstream", help="engine: also write DeepStream nvinfer and tracker ReID configs.")] = False,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best | last.")] = "best",
     json_output: JsonOption = False,
 ) -> None:
@@ -41,21 +60,116 @@ def export(
     if spec is None:
         fail(f"--format {format_name!r} is not one of {', '.join(FORMATS)}", hint="edgedml export --help lists them", code=2)
     given = {name for name, value in (("batch", batch), ("dynamic", dynamic or None), ("opset", opset)) if value is not None}
+    given |= {name for name, value in (("half", half or None), ("int8", int8 or None), ("calib_data", calib_data)) if value is not None}
+    engine_options = (("max_batch", max_batch), ("workspace", workspace), ("profile", profile), ("timing_cache", timing_cache), ("deepstream", deepstream or None))
+    given |= {name for name, value in engine_options if value is not None}
     unsupported = sorted(given - spec.options)
     if unsupported:
-        fail(f"--format {format_name} does not take --{', --'.join(unsupported)}", code=2)
+        fail(f"--format {format_name} does not take --{', --'.join(name.replace('_', '-') for name in unsupported)}", code=2)
     if batch is not None and dynamic:
         fail("--batch and --dynamic exclude each other", hint="give one of them", code=2)
+    if format_name == "engine":
+        _export_engine(run_dir, out, batch, max_batch, opset, half, int8, calib_data, workspace, profile, timing_cache, checkpoint, deepstream, json_output)
+        return
+    if calib_data is not None and not int8:
+        fail("--calib-data needs --int8", code=2)
+    _export_onnx(run_dir, out, opset, batch, checkpoint, half, int8, calib_data, json_output)
+
+
+def _export_onnx(run_dir: Path, out: Path | None, opset: int | None, batch: int | None, checkpoint: str, half: bool, int8: bool,
+                 calib_data: str | None, json_output: bool) -> None:
     from edgedml.export.onnx import export_onnx
 
+    with library_errors(), _ExportProgress() as progress:
+        summary = export_onnx(run_dir, out, opset=opset, batch=batch, checkpoint=checkpoint, half=half, int8=int8,
+                              calib_data=calib_data, callbacks=progress)
+    if json_output:
+        print_json(summary.to_dict())
+        return
+    table = Table(title=f"exported in {summary.seconds:.1f} s; checked against PyTorch on {summary.checked_images} test images", title_justify="left")
+    for column in ("precision", "file", "size", "check", "Recall@1", "MAP@R"):
+        table.add_column(column, justify="right" if column in ("size", "Recall@1", "MAP@R") else "left")
+    if summary.reference is not None:
+        table.add_row("PyTorch", escape(str(summary.run_dir)), "", "reference", f"{summary.reference['recall_at_1']:.4f}", f"{summary.reference['map_at_r']:.4f}")
+    for exported in summary.files.values():
+        check = exported.check
+        passed = f"max |Δ| {check['max_abs_diff']:.1e}" if "max_abs_diff" in check else f"min cos {check['min_cosine']:.7g}"
+        scores = ("", "") if exported.recall_at_1 is None else (f"{exported.recall_at_1:.4f}", f"{exported.map_at_r:.4f}")
+        table.add_row(exported.precision, escape(exported.path.name), f"{exported.size_bytes / 2**20:.2f} MiB", passed, *scores)
+    console.print(table)
+    if summary.reference is not None:
+        console.print(f"Recall@1 and MAP@R on the {summary.test_images} images of the run's unseen test classes", soft_wrap=True)
+    if summary.calibration is not None:
+        calibration = summary.calibration
+        origin = escape(calibration["data"]) + (" (the run's training split)" if calibration["split"] == "train" else "")
+        if calibration["default"]:
+            origin += ", the default without --calib-data"
+        console.print(f"int8 calibrated on {calibration['images']} images of {origin}", soft_wrap=True)
+    final = list(summary.files.values())[-1]
+    console.print(
+        f"exported {escape(str(final.path))} ({final.size_bytes / 2**20:.2f} MiB); summary in {escape(str(summary.summary_path))}\n"
+        f"next: edgedml bench {escape(str(final.path))}",
+        soft_wrap=True,
+    )
+
+
+class _ExportProgress:
+    """The export's steps on stderr: a bar where images are counted, a spinner otherwise; gone when done."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err_console, transient=True,
+        )
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> _ExportProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+
+    def on_stage(self, description: str, total: int | None = None) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(escape(description), total=total)
+
+    def on_advance(self, count: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, count)
+
+
+def _export_engine(run_dir: Path, out: Path | None, batch: int | None, max_batch: int | None, opset: int | None, half: bool, int8: bool,
+                   calib_data: str | None, workspace: str | None, profile: str | None, timing_cache: Path | None, checkpoint: str,
+                   deepstream: bool, json_output: bool) -> None:
+    if batch is not None and max_batch is not None:
+        fail("--batch (a fixed batch) and --max-batch (a dynamic range) exclude each other", code=2)
+    if calib_data is not None and not int8:
+        fail("--calib-data needs --int8", code=2)
+    from edgedml.export.tensorrt import BatchRange, export_engine
+
     with library_errors():
-        result = export_onnx(run_dir, out, opset=opset, batch=batch, checkpoint=checkpoint)
+        batch_range = BatchRange.fixed(batch) if batch is not None else BatchRange.dynamic(max_batch) if max_batch else BatchRange.dynamic()
+        with _ExportProgress() as progress:
+            result = export_engine(
+                run_dir, out, half=half, int8=int8, calib_data=calib_data, batch=batch_range, workspace=workspace, profile=profile,
+                timing_cache=timing_cache, checkpoint=checkpoint, opset=opset, deepstream=deepstream, callbacks=progress,
+            )
     if json_output:
         print_json(result.to_dict())
         return
+    batches = f"batch {result.batch.max}" if result.batch.min == result.batch.max else f"batch {result.batch.min}..{result.batch.max}"
     console.print(
-        f"exported {escape(str(result.path))} ({result.size_bytes / 2**20:.2f} MiB) in {result.seconds:.1f} s; "
-        f"onnxruntime matches PyTorch on {result.checked_images} test images (max |Δ| {result.max_abs_diff:.1e})",
+        f"built {escape(str(result.path))} ({result.size_bytes / 2**20:.2f} MiB, {result.precision}, {batches}) in {result.build_seconds:.1f} s "
+        f"with TensorRT {result.tensorrt_version} on {escape(result.gpu.name)}; min cosine to the fp32 ONNX "
+        f"{result.check['min_cosine']:.5f} on {result.check['images']} test images; sidecar {escape(result.sidecar.name)}",
         soft_wrap=True,
     )
-    console.print(f"next: python -c \"import onnxruntime as ort; ort.InferenceSession('{escape(str(result.path))}')\"", soft_wrap=True)
+    if result.deepstream:
+        console.print(
+            f"DeepStream: {escape(result.deepstream['nvinfer'])}, {escape(result.deepstream['tracker'])} (net-scale-factor "
+            f"{result.deepstream['net_scale_factor']:.8f}; inputs within {result.deepstream['max_relative_input_error']:.2%} of training's)",
+            soft_wrap=True,
+        )
+    console.print(f"next: edgedml bench {escape(str(result.path))}   (this engine runs only on {escape(result.gpu.name)} with TensorRT {result.tensorrt_version})", soft_wrap=True)

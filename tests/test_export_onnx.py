@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -24,8 +26,10 @@ def run_both(path, model, batch):
 
 def test_dynamic_export_matches_pytorch_at_any_batch_and_describes_itself(run_copy):
     result = export_onnx(run_copy)
-    assert result.path == run_copy / "model.onnx" and result.path.stat().st_size == result.size_bytes
-    assert result.max_abs_diff <= 1e-4 and result.checked_images > 0
+    fp32 = result.files["fp32"]
+    assert list(result.files) == ["fp32"] and result.path == fp32.path == run_copy / "model.onnx"
+    assert fp32.path.stat().st_size == fp32.size_bytes and fp32.precision == "fp32"
+    assert fp32.check["max_abs_diff"] <= 1e-4 and result.checked_images > 0
     model, config = load_run_model(run_copy)
     for batch in (1, 7):
         got, expected = run_both(result.path, model, batch)
@@ -36,14 +40,30 @@ def test_dynamic_export_matches_pytorch_at_any_batch_and_describes_itself(run_co
     assert metadata["embedding_dim"] == str(config.dim) and metadata["input_size"] == "16"
     assert metadata["color_order"] == "RGB" and metadata["mean"].startswith("[0.485")
     assert metadata["config_hash"] == config_hash(config)
+    assert (metadata["precision"], metadata["batch"]) == ("fp32", "dynamic")
     graph_input = onnx.load(str(result.path)).graph.input[0]
     assert graph_input.type.tensor_type.shape.dim[0].dim_param  # a symbolic batch dimension
 
 
 def test_fixed_batch_export(run_copy, tmp_path):
-    result = export_onnx(run_copy, out=tmp_path / "fixed.onnx", batch=4)
+    result = export_onnx(run_copy, out=tmp_path / "fixed.onnx", batch=4, evaluate=False)
     dims = onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [4, 3, 16, 16]
+    assert read_metadata(result.path)["batch"] == "4" and result.batch == 4
+    assert result.files["fp32"].recall_at_1 is None and result.reference is None
+
+
+def test_summary_scores_the_test_classes_like_training_did_and_is_saved(run_copy, trained):
+    result = export_onnx(run_copy)
+    run_summary = json.loads((trained.run / "summary.json").read_text())
+    # PyTorch's reference is the run's own test-class evaluation, and onnxruntime's fp32 ranks the same
+    assert result.reference["recall_at_1"] == pytest.approx(run_summary["recall_at_1"], abs=1e-6)
+    assert result.reference["map_at_r"] == pytest.approx(run_summary["map_at_r"], abs=1e-6)
+    assert result.files["fp32"].recall_at_1 == pytest.approx(result.reference["recall_at_1"], abs=1e-6)
+    assert result.test_images == run_summary["num_queries"] == 30
+    saved = json.loads((run_copy / "export.json").read_text())
+    assert saved == json.loads(json.dumps(result.to_dict())) and result.summary_path == run_copy / "export.json"
+    assert saved["files"]["fp32"]["path"] == str(run_copy / "model.onnx") and saved["calibration"] is None
 
 
 def test_a_failed_check_writes_nothing_and_keeps_the_old_file(run_copy, monkeypatch):
@@ -53,14 +73,17 @@ def test_a_failed_check_writes_nothing_and_keeps_the_old_file(run_copy, monkeypa
     with pytest.raises(onnx_export.ExportError, match="onnxruntime disagrees"):
         export_onnx(run_copy)
     assert previous.read_bytes() == b"the previous export"
-    assert not [p for p in run_copy.iterdir() if p.name.startswith(".model.onnx")]  # no temporary left behind
+    assert not (run_copy / "export.json").exists()
+    assert not [p for p in run_copy.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
 def test_cli_export_and_its_option_table(cli, run_copy, tmp_path):
     result = cli("export", run_copy, "--out", tmp_path / "m.onnx")
     assert result.exit_code == 0, str(result)
-    assert "exported" in result.output and "max |Δ|" in result.output and "next:" in result.output
-    assert cli("export", run_copy, "--format", "engine").exit_code == 2
+    assert "exported" in result.output and "max |Δ|" in result.output
+    assert f"next: edgedml bench {tmp_path / 'm.onnx'}" in result.output
+    assert cli("export", run_copy, "--format", "tflite").exit_code == 2
+    assert cli("export", run_copy, "--max-batch", "8").exit_code == 2  # an engine option
     both = cli("export", run_copy, "--batch", "2", "--dynamic")
     assert both.exit_code == 2 and "exclude each other" in both.output
     wrong = cli("export", run_copy, "--out", tmp_path / "m.bin")

@@ -6,6 +6,11 @@ exporter (``torch.onnx.export(..., dynamo=True)``). The file carries its own met
 dimension, input size, mean/std, colour order, the run's config hash, the edgedml version), so
 every later command can use the file alone. Every export is checked with onnxruntime on real
 images from the run's data: a failing check is an error and leaves no file behind.
+
+Reduced-precision copies (``--half``, ``--int8``; see :mod:`edgedml.export.precision`) are made from
+the checked fp32 file, checked the same way (cosine per embedding), and scored next to it: the
+Recall@1 and MAP@R of every file on the run's test classes, with PyTorch's as the reference, show
+what each precision costs. ``export.json`` beside the files records it all.
 """
 
 from __future__ import annotations
@@ -15,18 +20,21 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from edgedml import __version__
+from edgedml.data import ImageDataset, Sample, eval_transform, load_source, prepare_data
 from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from edgedml.errors import ConfigError, ExportError
-from edgedml.export.runtime import INPUT_NAME, OUTPUT_NAME
+from edgedml.errors import ConfigError, DataError, ExportError
+from edgedml.export import precision
+from edgedml.export.runtime import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeEmbedder, embed_samples
 from edgedml.io import atomic_path
 from edgedml.training.evaluate import load_run_model
 from edgedml.training.run import RunDir, config_hash
@@ -39,17 +47,61 @@ CHECK_IMAGES = 32
 
 
 @dataclass
-class ExportResult:
+class ExportedFile:
+    """One written model: ``check`` holds max_abs_diff (fp32) or min/mean_cosine (fp16, int8) against PyTorch."""
+
     path: Path
+    precision: str
     size_bytes: int
     seconds: float
-    max_abs_diff: float
-    checked_images: int
-    metadata: dict[str, str]
+    check: dict[str, float]
+    recall_at_1: float | None = None  # on the run's test classes, when the export was evaluated
+    map_at_r: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "size_bytes": self.size_bytes, "seconds": self.seconds,
-                "max_abs_diff": self.max_abs_diff, "checked_images": self.checked_images, "metadata": self.metadata}
+        return {"path": str(self.path), "precision": self.precision, "size_bytes": self.size_bytes, "seconds": self.seconds,
+                "check": self.check, "recall_at_1": self.recall_at_1, "map_at_r": self.map_at_r}
+
+
+@dataclass
+class ExportSummary:
+    """What ``export_onnx`` wrote; also saved as ``export.json`` beside the files."""
+
+    run_dir: Path
+    files: dict[str, ExportedFile]  # "fp32" always (the reference), "fp16", "int8"
+    batch: int | None
+    opset: int
+    checked_images: int
+    seconds: float
+    metadata: dict[str, str]  # the fp32 file's; the others differ only in "precision"
+    summary_path: Path
+    reference: dict[str, float] | None = None  # PyTorch's recall_at_1 / map_at_r on the same test images
+    test_images: int = 0
+    calibration: dict[str, Any] | None = None  # int8: source, images, whether it was the default
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        """The fp32 file."""
+        return self.files["fp32"].path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir), "files": {name: f.to_dict() for name, f in self.files.items()},
+            "batch": self.batch, "opset": self.opset, "checked_images": self.checked_images, "seconds": self.seconds,
+            "metadata": self.metadata, "summary_path": str(self.summary_path), "reference": self.reference,
+            "test_images": self.test_images, "calibration": self.calibration, "warnings": self.warnings,
+        }
+
+
+class ExportCallbacks:
+    """Progress hooks for a display; the defaults do nothing."""
+
+    def on_stage(self, description: str, total: int | None = None) -> None:
+        """A new step starts; ``total`` images will be reported through ``on_advance`` (None: no count)."""
+
+    def on_advance(self, count: int) -> None:
+        """``count`` more images of the current step are done."""
 
 
 def model_metadata(run_dir: Path, dim: int, input_size: int, config, batch: int | None = None, precision: str = "fp32") -> dict[str, str]:
@@ -78,12 +130,14 @@ def model_metadata(run_dir: Path, dim: int, input_size: int, config, batch: int 
 
 def check_images(run_dir: Path, count: int = CHECK_IMAGES) -> torch.Tensor:
     """Up to ``count`` preprocessed test-split images of the run's own data: (N, 3, H, W)."""
-    from edgedml.data import ImageDataset, eval_transform, prepare_data
-
     config = RunDir(run_dir).load_config()
     prepared = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed)
-    samples = prepared.splits.test[:: max(1, len(prepared.splits.test) // count)][:count]
-    dataset = ImageDataset(samples, {s.label: 0 for s in samples}, eval_transform(config.input_size or prepared.default_input_size))
+    return _check_images(run_dir, prepared.splits.test, config.input_size or prepared.default_input_size, count)
+
+
+def _check_images(run_dir: Path, test: list[Sample], input_size: int, count: int = CHECK_IMAGES) -> torch.Tensor:
+    samples = test[:: max(1, len(test) // count)][:count]
+    dataset = ImageDataset(samples, {s.label: 0 for s in samples}, eval_transform(input_size))
     items = [item for item in (dataset[i] for i in range(len(dataset))) if item is not None]
     if not items:
         raise ExportError(f"{run_dir}: no readable test image to check the export with")
@@ -96,33 +150,147 @@ def export_onnx(
     opset: int | None = None,
     batch: int | None = None,
     checkpoint: str = "best",
-) -> ExportResult:
-    """Export ``run_dir``'s model to ONNX (dynamic batch unless ``batch``), verify it, write it atomically."""
+    half: bool = False,
+    int8: bool = False,
+    calib_data: str | None = None,
+    evaluate: bool = True,
+    callbacks: ExportCallbacks | None = None,
+) -> ExportSummary:
+    """Export ``run_dir``'s model to ONNX in fp32 (plus fp16 and int8 copies), verify each, write all or nothing.
+
+    Every file is checked with onnxruntime against PyTorch on real test images: fp32 max |Δ| <= 1e-4,
+    fp16 cosine >= 0.999 per embedding, int8 cosine >= 0.9 per embedding (a broken model, not a lossy
+    one). With ``evaluate``, each file's Recall@1 and MAP@R on the run's test classes are measured
+    next to PyTorch's. ``int8`` calibrates on ``calib_data`` (any ``--data`` spec; the run's own
+    data means its training split), by default on the run's training split.
+    """
     started = time.perf_counter()
+    callbacks = callbacks or ExportCallbacks()
     run_dir = Path(run_dir)
-    model, config = load_run_model(run_dir, checkpoint, device="cpu")
     if batch is not None and not 1 <= batch <= MAX_BATCH:
         raise ConfigError(f"--batch {batch} must lie in 1..{MAX_BATCH}", hint="or use --dynamic")
-    images = check_images(run_dir)
+    if calib_data is not None and not int8:
+        raise ConfigError("--calib-data is only used by --int8", hint="add --int8, or drop --calib-data")
     target = Path(out) if out is not None else run_dir / "model.onnx"
     if target.suffix != ".onnx":
         raise ConfigError(f"--out {target}: an ONNX file must end in .onnx")
-    metadata = model_metadata(run_dir, config.dim, images.shape[-1], config, batch)
-    with atomic_path(target) as tmp:
-        _export_graph(model, images, tmp, opset, batch, metadata)
-        max_diff = verify_onnx(tmp, model, images if batch is None else images[:batch], FP32_TOLERANCE)
-        size = tmp.stat().st_size
-    log.info("exported %s (%.1f MiB), max |Δ| %.2e over %d images", target, size / 2**20, max_diff, len(images))
-    return ExportResult(target, size, time.perf_counter() - started, max_diff, len(images), metadata)
+    targets = {"fp32": target} | {name: target.with_name(f"{target.stem}.{name}.onnx") for name, wanted in (("fp16", half), ("int8", int8)) if wanted}
+    model, config = load_run_model(run_dir, checkpoint, device="cpu")
+    callbacks.on_stage("reading the run's data")
+    prepared = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed)
+    input_size = config.input_size or prepared.default_input_size
+    images = _check_images(run_dir, prepared.splits.test, input_size)
+    calibration, calibration_samples = _calibration(calib_data, config, prepared) if int8 else (None, [])
+    metadata = model_metadata(run_dir, config.dim, input_size, config, batch)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    summary_path = target.parent / "export.json"
+    with ExitStack() as stack:  # entered first, renamed last: export.json appears only beside finished files
+        summary_tmp = stack.enter_context(atomic_path(summary_path))
+        tmp = {name: stack.enter_context(atomic_path(path)) for name, path in targets.items()}
+        files: dict[str, ExportedFile] = {}
+        step = time.perf_counter()
+        callbacks.on_stage("exporting fp32")
+        _export_graph(model, images, tmp["fp32"], opset, batch, metadata)
+        max_diff = verify_onnx(tmp["fp32"], model, images, FP32_TOLERANCE)
+        files["fp32"] = _exported(targets["fp32"], tmp["fp32"], "fp32", step, {"max_abs_diff": max_diff})
+        if half:
+            step = time.perf_counter()
+            callbacks.on_stage("converting to fp16")
+            precision.convert_fp16(tmp["fp32"], tmp["fp16"], metadata | {"precision": "fp16"})
+            check = _check_reduced(tmp["fp16"], images, expected, "fp16", precision.FP16_MIN_COSINE)
+            files["fp16"] = _exported(targets["fp16"], tmp["fp16"], "fp16", step, check)
+        warning_lines: list[str] = []
+        if int8:
+            step = time.perf_counter()
+            callbacks.on_stage("calibrating int8", total=len(calibration_samples))
+            reader = precision.ImageCalibrationReader(
+                calibration_samples, input_size, IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, batch, callbacks.on_advance
+            )
+            precision.quantize_int8(tmp["fp32"], tmp["int8"], reader, metadata | {"precision": "int8"})
+            calibration["images"] = reader.used
+            if reader.used < precision.CALIBRATION_WARN:
+                warning_lines.append(f"int8 calibrated on {reader.used} images (fewer than {precision.CALIBRATION_WARN}): its ranges may not cover the images it will see")
+                log.warning("%s", warning_lines[-1])
+            check = _check_reduced(tmp["int8"], images, expected, "int8", precision.INT8_MIN_COSINE)
+            files["int8"] = _exported(targets["int8"], tmp["int8"], "int8", step, check)
+        reference, scored = None, 0
+        if evaluate:
+            reference, scored = _score(model, prepared.splits.test, input_size, files, tmp, callbacks, warning_lines)
+        graph_opset = next(entry.version for entry in onnx.load(str(tmp["fp32"]), load_external_data=False).opset_import if entry.domain in ("", "ai.onnx"))
+        summary = ExportSummary(
+            run_dir, files, batch, graph_opset, len(images), time.perf_counter() - started, metadata, summary_path,
+            reference, scored, calibration, warning_lines,
+        )
+        summary_tmp.write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for exported in files.values():
+        log.info("exported %s (%.2f MiB, %s)", exported.path, exported.size_bytes / 2**20, exported.check)
+    return summary
+
+
+def _exported(final: Path, written: Path, precision_name: str, started: float, check: dict[str, float]) -> ExportedFile:
+    return ExportedFile(final, precision_name, written.stat().st_size, time.perf_counter() - started, check)
+
+
+def _check_reduced(path: Path, images: torch.Tensor, expected: np.ndarray, precision_name: str, floor: float) -> dict[str, float]:
+    """Per-embedding cosine of a reduced-precision file against PyTorch; ExportError below ``floor`` or non-finite."""
+    got = OnnxRuntimeEmbedder(path, ["CPUExecutionProvider"]).embed(images.numpy())
+    check = precision.cosine_check(got, expected)
+    if not check["min_cosine"] >= floor:  # NaN (non-finite output) fails too
+        hint = "export without --half" if precision_name == "fp16" else "calibrate on images like the ones it will embed (--calib-data), or use --half"
+        raise ExportError(
+            f"the {precision_name} model disagrees with PyTorch: min cosine {check['min_cosine']:.4f} < {floor} "
+            f"over {len(images)} test images; nothing was written",
+            hint=hint,
+        )
+    return check
+
+
+def _calibration(calib_data: str | None, config, prepared) -> tuple[dict[str, Any], list[Sample]]:
+    """The int8 calibration images: the run's training split (its own data), or all of another source."""
+    own = calib_data is None or _same_data(calib_data, config.data)
+    pool = prepared.splits.train if own else load_source(calib_data).samples
+    chosen = precision.pick_calibration(pool)
+    info = {"data": calib_data or config.data, "split": "train" if own else "all", "default": calib_data is None,
+            "available": len(pool), "images": len(chosen)}
+    return info, chosen
+
+
+def _same_data(spec: str, run_data: str) -> bool:
+    if spec == run_data:
+        return True
+    first, second = Path(spec).expanduser(), Path(run_data).expanduser()
+    return first.exists() and second.exists() and first.resolve() == second.resolve()
+
+
+def _score(model, test: list[Sample], input_size: int, files: dict[str, ExportedFile], written: dict[str, Path],
+           callbacks: ExportCallbacks, warning_lines: list[str]) -> tuple[dict[str, float] | None, int]:
+    """Recall@1 and MAP@R on the test classes: PyTorch's (the reference) and each file's, through onnxruntime."""
+    from edgedml.retrieval import recall_and_map
+    from edgedml.training.evaluate import embed_samples as embed_with_torch
+
+    class_index = {name: i for i, name in enumerate(sorted({s.label for s in test}))}
+    labels = torch.tensor([class_index[s.label] for s in test])
+    callbacks.on_stage("Recall@1 of PyTorch on the test classes")
+    torch_embeddings, torch_labels = embed_with_torch(model, test, input_size, torch.device("cpu"))
+    try:
+        recall, map_at_r, _ = recall_and_map(torch_embeddings, torch_labels, ks=(1,))
+    except DataError as exc:
+        warning_lines.append(f"Recall@1 not measured: {exc.message}")
+        return None, 0
+    for name, exported in files.items():
+        callbacks.on_stage(f"Recall@1 of {name} on the test classes", total=len(test))
+        embeddings, kept = embed_samples(OnnxRuntimeEmbedder(written[name], ["CPUExecutionProvider"]), test, on_batch=callbacks.on_advance)
+        file_recall, file_map, _ = recall_and_map(torch.from_numpy(embeddings), labels[kept], ks=(1,))
+        exported.recall_at_1, exported.map_at_r = file_recall[1], file_map
+    return {"recall_at_1": recall[1], "map_at_r": map_at_r}, len(torch_labels)
 
 
 def _export_graph(model: torch.nn.Module, images: torch.Tensor, path: Path, opset: int | None, batch: int | None, metadata: dict[str, str]) -> None:
-    import onnx
-
     example = images[: batch or 2]
     if batch is not None and len(example) < batch:
         example = example.repeat((batch + len(example) - 1) // len(example), 1, 1, 1)[:batch]
-    dynamic = None if batch is not None else {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
+    dynamic = None if batch is not None else ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
@@ -133,8 +301,7 @@ def _export_graph(model: torch.nn.Module, images: torch.Tensor, path: Path, opse
         raise ExportError(f"the ONNX exporter failed: {str(exc).splitlines()[0]}", hint="try another --opset") from None
     program.save(str(path))
     graph = onnx.load(str(path))
-    for key, value in metadata.items():
-        graph.metadata_props.add(key=key, value=value)
+    precision.set_metadata(graph, metadata)
     onnx.save(graph, str(path))
 
 
@@ -154,12 +321,9 @@ def _quiet_exporter() -> Iterator[None]:
 
 def verify_onnx(path: Path, model: torch.nn.Module, images: torch.Tensor, tolerance: float) -> float:
     """Max |Δ| between onnxruntime and PyTorch on ``images``; ExportError above ``tolerance``."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = OnnxRuntimeEmbedder(path, ["CPUExecutionProvider"]).embed(images.numpy())
     with torch.no_grad():
         expected = model(images).numpy()
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
     max_diff = float(np.abs(got - expected).max())
     if not max_diff <= tolerance:
         raise ExportError(
@@ -171,7 +335,5 @@ def verify_onnx(path: Path, model: torch.nn.Module, images: torch.Tensor, tolera
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The edgedml metadata of an exported ONNX file."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     return {prop.key: prop.value for prop in model.metadata_props}

@@ -1,0 +1,174 @@
+"""Reduced-precision ONNX models: fp16 conversion and int8 static quantization, with their checks.
+
+- **fp16** uses onnxruntime's maintained converter (``onnxruntime.transformers.float16``) with fp32
+  inputs and outputs. The L2 normalization after the head stays in fp32: its sum of squares
+  overflows fp16 (max 65504) as soon as a raw embedding's norm passes 256. The converter alone is
+  not enough: it wraps every blocked node in its own Cast pair, so a tensor *between* two blocked
+  nodes (``x * x`` before ``ReduceSum``) would still be stored in fp16; :func:`convert_fp16` keeps
+  the whole normalization subgraph in fp32.
+- **int8** is QDQ quantization (QuantizeLinear/DequantizeLinear pairs, which TensorRT and
+  onnxruntime both fuse) by ``onnxruntime.quantization.quantize_static`` after ``quant_pre_process``:
+  per-channel int8 weights, int8 activations whose ranges (MinMax) are measured on calibration
+  images, the normalization excluded. Everything is symmetric (zero points 0) and biases stay
+  float, as TensorRT requires of Q/DQ graphs, so the same file also feeds an int8 engine.
+
+The normalization nodes are found from the graph's structure, not from names: they are the nodes
+downstream of the head, the last Gemm/MatMul on the way to the output.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader
+
+from edgedml.errors import DataError, ExportError
+
+log = logging.getLogger(__name__)
+
+HEAD_OPS = ("Gemm", "MatMul")
+FP16_MIN_COSINE = 0.999
+# A correctly calibrated int8 embedding stays within a few degrees of fp32 (cosine > 0.99; 0.998 on
+# digits). Below 0.9 (26 degrees) an embedding can land nearer another class than its own: the
+# model is broken (wrong calibration data, saturated ranges), not merely lossy.
+INT8_MIN_COSINE = 0.9
+CALIBRATION_CAP = 1000
+CALIBRATION_WARN = 300
+CALIBRATION_BATCH = 32
+
+
+def normalization_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes after the head (the last Gemm/MatMul): the L2 normalization, in graph order."""
+    nodes = list(model.graph.node)
+    heads = [node for node in nodes if node.op_type in HEAD_OPS]
+    if not heads:
+        raise ExportError("the exported graph has no Gemm/MatMul head; cannot locate the L2 normalization")
+    reached = set(heads[-1].output)
+    tail: list[str] = []
+    changed = True
+    while changed:  # nodes need not be in topological order once converters have appended Casts
+        changed = False
+        for node in nodes:
+            if node.name not in tail and reached.intersection(node.input):
+                tail.append(node.name)
+                reached.update(node.output)
+                changed = True
+    order = {node.name: i for i, node in enumerate(nodes)}
+    return sorted(tail, key=order.__getitem__)
+
+
+def keep_fp32_between(model: onnx.ModelProto, blocked: list[str]) -> None:
+    """Drop the value_info of tensors a blocked node produces, so the converter casts none of them to fp16."""
+    blocked_set = set(blocked)
+    produced = {name for node in model.graph.node if node.name in blocked_set for name in node.output}
+    kept = [info for info in model.graph.value_info if info.name not in produced]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def convert_fp16(source: Path, target: Path, metadata: dict[str, str]) -> list[str]:
+    """Write an fp16 copy of ``source`` to ``target`` (fp32 I/O, normalization in fp32); return the fp32 nodes."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(source)))
+    blocked = normalization_nodes(model)
+    keep_fp32_between(model, blocked)
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked, disable_shape_infer=True)
+    set_metadata(converted, metadata)
+    onnx.save(converted, str(target))
+    return blocked
+
+
+class ImageCalibrationReader(CalibrationDataReader):
+    """Feeds preprocessed calibration images to onnxruntime's calibrator, decoding one batch at a time.
+
+    A fixed-batch model gets batches of exactly its size (the last one filled with the images it
+    already holds, so no blank image skews the ranges). ``on_batch(n)`` reports progress.
+    """
+
+    def __init__(self, samples: list, input_size: int, mean, std, input_name: str, batch: int | None,
+                 on_batch: Callable[[int], None] | None = None):
+        self.samples = samples
+        self.input_size, self.mean, self.std = input_size, mean, std
+        self.input_name = input_name
+        self.batch = batch
+        self.on_batch = on_batch
+        self.used = 0
+        self._batches: Iterator[np.ndarray] | None = None
+
+    def _iterate(self) -> Iterator[np.ndarray]:
+        from torch.utils.data import DataLoader
+
+        from edgedml.data import ImageDataset, collate_skip_bad, eval_transform
+
+        dataset = ImageDataset(self.samples, {s.label: 0 for s in self.samples}, eval_transform(self.input_size, self.mean, self.std))
+        loader = DataLoader(dataset, batch_size=self.batch or CALIBRATION_BATCH, collate_fn=collate_skip_bad)
+        for start, loaded in zip(range(0, len(self.samples), loader.batch_size), loader, strict=True):
+            if self.on_batch is not None:
+                self.on_batch(min(loader.batch_size, len(self.samples) - start))
+            if loaded is None:
+                continue
+            images = loaded[0].numpy()
+            self.used += len(images)
+            if self.batch is not None and len(images) < self.batch:
+                images = np.resize(images, (self.batch, *images.shape[1:]))  # repeats the batch's own images
+            yield images
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._batches is None:
+            self._batches = self._iterate()
+        images = next(self._batches, None)
+        return None if images is None else {self.input_name: images}
+
+
+def pick_calibration(samples: list, cap: int = CALIBRATION_CAP) -> list:
+    """At most ``cap`` samples, evenly spaced over the list (which is grouped by class): deterministic."""
+    if len(samples) <= cap:
+        return list(samples)
+    return [samples[i] for i in np.linspace(0, len(samples) - 1, cap).round().astype(int)]
+
+
+def quantize_int8(source: Path, target: Path, reader: ImageCalibrationReader, metadata: dict[str, str]) -> list[str]:
+    """Write a QDQ int8 copy of ``source`` to ``target``, calibrated on ``reader``; return the fp32 nodes."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="edgedml-int8-") as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        # symbolic shape inference cannot follow the normalization's Expand; onnx's own inference can
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        excluded = normalization_nodes(onnx.load(str(prepared)))
+        quantize_static(
+            str(prepared), str(target), reader,
+            quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+            # a bounded calibration memory on a large set; TensorRT's Q/DQ rules (zero points 0, float biases)
+            extra_options={"CalibMaxIntermediateOutputs": 8, "ActivationSymmetric": True, "QuantizeBias": False},
+        )
+    if reader.used == 0:
+        raise DataError("no calibration image could be decoded", hint="check the images of --calib-data")
+    quantized = onnx.load(str(target))
+    set_metadata(quantized, metadata)
+    onnx.save(quantized, str(target))
+    return excluded
+
+
+def cosine_check(got: np.ndarray, expected: np.ndarray) -> dict[str, float]:
+    """Per-embedding cosine similarity between ``got`` and ``expected`` (N, D): min and mean (NaN if non-finite)."""
+    if not np.isfinite(got).all():
+        return {"min_cosine": float("nan"), "mean_cosine": float("nan")}
+    dots = (got * expected).sum(axis=1)
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
+    cosine = dots / np.maximum(norms, 1e-12)
+    return {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
