@@ -227,6 +227,9 @@ def environment(threads: int | None) -> dict[str, Any]:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        # Other work on the machine: with more busy threads than free cores, PyTorch's OpenMP barriers stall
+        # far longer than onnxruntime's thread pool, and eager latency can grow 10-100x.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
