@@ -80,9 +80,12 @@ def _export_onnx(run_dir: Path, out: Path | None, opset: int | None, batch: int 
                  calib_data: str | None, json_output: bool) -> None:
     from edgedml.export.onnx import export_onnx
 
-    with library_errors(), _ExportProgress() as progress:
-        summary = export_onnx(run_dir, out, opset=opset, batch=batch, checkpoint=checkpoint, half=half, int8=int8,
-                              calib_data=calib_data, callbacks=progress)
+    try:
+        with library_errors(), _ExportProgress() as progress:
+            summary = export_onnx(run_dir, out, opset=opset, batch=batch, checkpoint=checkpoint, half=half, int8=int8,
+                                  calib_data=calib_data, callbacks=progress)
+    except KeyboardInterrupt:
+        fail("interrupted: nothing was written, earlier exports are untouched", code=130)
     if json_output:
         print_json(summary.to_dict())
         return

@@ -197,3 +197,17 @@ def test_cli_int8_with_a_fixed_batch_defaults_to_the_training_split(cli, run_cop
     assert json.loads((tmp_path / "export.json").read_text())["calibration"]["default"] is True
     lone = cli("export", run_copy, "--calib-data", "digits")
     assert lone.exit_code == 2 and "--calib-data needs --int8" in lone.output
+
+
+def test_cli_ctrl_c_during_int8_calibration_writes_nothing_and_keeps_the_old_files(cli, run_copy, monkeypatch):
+    (run_copy / "model.onnx").write_bytes(b"the previous export")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(precision, "quantize_int8", interrupted)
+    result = cli("export", run_copy, "--half", "--int8")
+    assert result.exit_code == 130 and "interrupted: nothing was written" in result.output
+    assert (run_copy / "model.onnx").read_bytes() == b"the previous export"
+    assert not (run_copy / "model.fp16.onnx").exists() and not (run_copy / "export.json").exists()
+    assert not [p for p in run_copy.iterdir() if p.name.startswith(".")]
