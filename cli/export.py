@@ -89,17 +89,7 @@ def _export_onnx(run_dir: Path, out: Path | None, opset: int | None, batch: int 
     if json_output:
         print_json(summary.to_dict())
         return
-    table = Table(title=f"exported in {summary.seconds:.1f} s; checked against PyTorch on {summary.checked_images} test images", title_justify="left")
-    for column in ("precision", "file", "size", "check (worst)", "Recall@1", "MAP@R"):
-        table.add_column(column, justify="right" if column in ("size", "Recall@1", "MAP@R") else "left", no_wrap=True)
-    if summary.reference is not None:
-        table.add_row("PyTorch", escape(summary.run_dir.name), "", "reference", f"{summary.reference['recall_at_1']:.4f}", f"{summary.reference['map_at_r']:.4f}")
-    for exported in summary.files.values():
-        check = exported.check
-        passed = f"|Δ| {check['max_abs_diff']:.1e}" if "max_abs_diff" in check else f"cos {check['min_cosine']:.6f}"
-        scores = ("", "") if exported.recall_at_1 is None else (f"{exported.recall_at_1:.4f}", f"{exported.map_at_r:.4f}")
-        table.add_row(exported.precision, escape(exported.path.name), f"{exported.size_bytes / 2**20:.2f} MiB", passed, *scores)
-    console.print(table)
+    console.print(export_table(summary))
     if summary.reference is not None:
         console.print(f"Recall@1 and MAP@R on the {summary.test_images} images of the run's unseen test classes", soft_wrap=True)
     if summary.calibration is not None:
@@ -114,6 +104,21 @@ def _export_onnx(run_dir: Path, out: Path | None, opset: int | None, batch: int 
         f"next: edgedml bench {escape(str(final.path))}",
         soft_wrap=True,
     )
+
+
+def export_table(summary) -> Table:
+    """One row per exported file (precision, file, size, worst check, Recall@1, MAP@R) under PyTorch's reference row."""
+    table = Table(title=f"exported in {summary.seconds:.1f} s; checked against PyTorch on {summary.checked_images} test images", title_justify="left")
+    for column in ("precision", "file", "size", "check (worst)", "Recall@1", "MAP@R"):
+        table.add_column(column, justify="right" if column in ("size", "Recall@1", "MAP@R") else "left", no_wrap=True)
+    if summary.reference is not None:
+        table.add_row("PyTorch", escape(summary.run_dir.name), "", "reference", f"{summary.reference['recall_at_1']:.4f}", f"{summary.reference['map_at_r']:.4f}")
+    for exported in summary.files.values():
+        check = exported.check
+        passed = f"|Δ| {check['max_abs_diff']:.1e}" if "max_abs_diff" in check else f"cos {check['min_cosine']:.6f}"
+        scores = ("", "") if exported.recall_at_1 is None else (f"{exported.recall_at_1:.4f}", f"{exported.map_at_r:.4f}")
+        table.add_row(exported.precision, escape(exported.path.name), f"{exported.size_bytes / 2**20:.2f} MiB", passed, *scores)
+    return table
 
 
 class _ExportProgress:

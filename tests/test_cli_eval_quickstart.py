@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -148,6 +150,24 @@ def test_quickstart_keeps_its_promise(cli, tmp_path):
     for name, run in (("plain-16d", plain), ("s2sd-16d", distilled)):
         row = next(line for line in result.output.splitlines() if name in line and "Recall" not in line)
         assert f"{run['recall_at_1']:.4f}" in row
+    # step 4: the distilled model exported in three precisions, each scored next to PyTorch
+    export = read_json(out / "s2sd-16d" / "export.json")
+    assert export["reference"]["recall_at_1"] == pytest.approx(distilled["recall_at_1"])
+    recalls = {precision: entry["recall_at_1"] for precision, entry in export["files"].items()}
+    assert set(recalls) == {"fp32", "fp16", "int8"}
+    assert abs(recalls["int8"] - recalls["fp32"]) <= 0.01, recalls
+    # step 5: the unseen digits indexed with the int8 file, one image per class held out as a query
+    index_meta = read_json(out / "index" / "index.json")
+    queries = sorted((out / "queries").glob("*.png"))
+    assert [q.stem for q in queries] == ["5", "6", "7", "8", "9"]
+    assert index_meta["count"] == len(list((out / "unseen-digits").rglob("*.png"))) == 896 - 5
+    assert Path(index_meta["model"]["path"]).name == "model.int8.onnx"
+    shown = re.search(r"(\d+) of 25 neighbours share the query's digit", result.output)
+    assert shown is not None and int(shown.group(1)) >= 13, result.output  # chance among 5 digits is 5 of 25
+    searched = cli("search", out / "index", queries[1], "--top-k", "3", "--json")
+    assert searched.exit_code == 0, str(searched)
+    hits = json.loads(searched.output)[0]["hits"]
+    assert len(hits) == 3 and hits[0]["score"] >= hits[2]["score"]
     assert "next commands to try" in result.output
-    assert f"edgedml eval {out / 'shadow-64d'}" in result.output
+    assert f"edgedml search {out / 'index'}" in result.output
     assert "edgedml train --data" in result.output
