@@ -91,7 +91,8 @@ def index_sweep(count: int, dim: int, queries: int, decay: float, threads: int) 
     faiss.omp_set_num_threads(threads)
     vectors, query_vectors = clustered_gallery(count, dim, queries=queries, decay=decay, seed=0)
     variants = [("flat", IndexParams("flat")), ("ivf", IndexParams("ivf")),
-                (f"ivfpq m={dim // 4}", IndexParams("ivfpq", pq_m=dim // 4)), (f"ivfpq m={dim // 2}", IndexParams("ivfpq", pq_m=dim // 2))]
+                (f"ivfpq m={dim // 4}", IndexParams("ivfpq", pq_m=dim // 4)), (f"ivfpq m={dim // 2}", IndexParams("ivfpq", pq_m=dim // 2)),
+                (f"ivfpq m={dim}", IndexParams("ivfpq", pq_m=dim))]
     rows, exact, exact_qps = [], None, 0.0
     for name, requested in variants:
         params = resolve_params(requested, count, dim)

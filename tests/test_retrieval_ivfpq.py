@@ -21,7 +21,7 @@ def gallery():
 
 def test_ivfpq_memory_per_vector_and_recall_against_exact(gallery):
     vectors, queries = gallery
-    params = resolve_params(IndexParams("ivfpq", nprobe=8), COUNT, DIM)
+    params = resolve_params(IndexParams("ivfpq", nprobe=8, pq_m=DIM // 2), COUNT, DIM)
     assert (params.nlist, params.pq_m, params.pq_bits) == (default_nlist(COUNT), DIM // 2, 8) == (307, 16, 8)
     flat = train_index(resolve_params(IndexParams("flat"), COUNT, DIM), vectors)
     compressed = train_index(params, vectors)
@@ -39,7 +39,10 @@ def test_ivfpq_memory_per_vector_and_recall_against_exact(gallery):
 
 def test_default_parameters_and_refusals():
     assert default_nlist(100_000) == 1265 and default_nlist(1000) == 25
-    assert default_pq_m(64) == 32 and default_pq_m(16) == 8 and default_pq_m(6) == 3
+    # one byte per dimension up to 64 bytes, then the largest divisor of the dimension <= 64
+    assert [default_pq_m(d) for d in (6, 16, 64, 96, 100, 128, 512)] == [6, 16, 64, 48, 50, 64, 64]
+    defaults = resolve_params(IndexParams("ivfpq"), COUNT, DIM)
+    assert (defaults.pq_m, defaults.nprobe) == (DIM, 4)
     with pytest.raises(ConfigError, match="needs at least 9,984 gallery images"):
         resolve_params(IndexParams("ivfpq"), 5000, 64)
     with pytest.raises(ConfigError, match="--pq-m 7 must divide"):
