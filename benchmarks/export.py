@@ -76,7 +76,7 @@ SPEEDUP_TARGET = 0.7  # onnxruntime fp32 p50 / PyTorch eager p50 at batch 1, at 
 RECALL_TARGET = 1.0  # |int8 - fp32| Recall@1 in points, at most
 BUSY_LOAD = 0.5  # a 1-minute load average above this before the run: something else is running
 MIN_CALLS = 10  # timed calls per runtime and batch size, at least
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")  # int8: for TensorRT (S8S8); int8-cpu: U8S8 for onnxruntime on x86
 EAGER = "torch eager"
 
 
@@ -142,9 +142,17 @@ def untrained_run(backbone: str, spec: BackboneSpec, seed: int, workdir: Path) -
 
 
 def export(run: Path, precisions: list[str], evaluate: bool):
+    """Export the precisions asked for; returns (the main summary, precision -> ExportedFile, seconds).
+
+    ``int8-cpu`` is a second int8 export with ``int8_for="cpu"`` (U8S8) into ``run/int8-cpu/``.
+    """
     started = time.perf_counter()
     summary = export_onnx(run, half="fp16" in precisions, int8="int8" in precisions, evaluate=evaluate)
-    return summary, time.perf_counter() - started
+    files = dict(summary.files)
+    if "int8-cpu" in precisions:
+        cpu = export_onnx(run, out=run / "int8-cpu" / "model.onnx", int8=True, int8_for="cpu", evaluate=evaluate)
+        files["int8-cpu"] = cpu.files["int8"]
+    return summary, files, time.perf_counter() - started
 
 
 # ---- latency ------------------------------------------------------------------------------
@@ -184,16 +192,16 @@ def run_backbone(backbone: str, spec: BackboneSpec, args: argparse.Namespace, wo
                      f"test Recall@1 {eager_recall:.4f}")
     else:
         (run, parameters), train_s, eager_recall = untrained_run(backbone, spec, args.seed, workdir), 0.0, None
-    exported, export_s = export(run, args.precisions, evaluate=trained)
-    files = {p: Path(exported.files[p].path) for p in args.precisions}
+    exported, exported_files, export_s = export(run, args.precisions, evaluate=trained)
+    files = {p: Path(exported_files[p].path) for p in args.precisions}
     if exported.reference is not None:  # PyTorch on the same test images as the exported files
         eager_recall = exported.reference["recall_at_1"]
-    recalls = {EAGER: eager_recall, **{p: exported.files[p].recall_at_1 for p in args.precisions}}
+    recalls = {EAGER: eager_recall, **{p: exported_files[p].recall_at_1 for p in args.precisions}}
     log_progress(f"{backbone}: exported {', '.join(args.precisions)} in {export_s:.0f} s; Recall@1 "
                  + ", ".join(f"{p} {fmt_recall(recalls[p])}" for p in args.precisions))
     result = BackboneResult(
         backbone=backbone, input_size=spec.input_size, epochs=spec.epochs, train_seconds=train_s, export_seconds=export_s,
-        parameters=parameters, recall_at_1=recalls, file_sizes={p: exported.files[p].size_bytes for p in args.precisions},
+        parameters=parameters, recall_at_1=recalls, file_sizes={p: exported_files[p].size_bytes for p in args.precisions},
     )
     embedders = open_runtimes(run, files, args.threads)
     with torch_threads(args.threads):
@@ -240,8 +248,8 @@ def recall_table(results: list[BackboneResult], precisions: list[str]) -> str:
     return markdown_table(header, rows)
 
 
-def int8_gap(result: BackboneResult) -> float | None:
-    fp32, int8 = result.recall_at_1.get("fp32"), result.recall_at_1.get("int8")
+def int8_gap(result: BackboneResult, precision: str = "int8") -> float | None:
+    fp32, int8 = result.recall_at_1.get("fp32"), result.recall_at_1.get(precision)
     return None if fp32 is None or int8 is None else 100 * (int8 - fp32)
 
 
@@ -253,11 +261,12 @@ def verdicts(results: list[BackboneResult], batches: list[int]) -> list[str]:
             ratio = ort / eager
             lines.append(f"{'MET' if ratio <= SPEEDUP_TARGET else 'MISSED'}: {r.backbone} ({r.input_size} px) onnxruntime fp32 "
                          f"at batch 1 is {ratio:.2f}× PyTorch eager (p50 {ort:.2f} ms vs {eager:.2f} ms; target <= {SPEEDUP_TARGET}×)")
-        gap = int8_gap(r)
-        if gap is not None:
-            lines.append(f"{'MET' if abs(gap) <= RECALL_TARGET else 'MISSED'}: {r.backbone} int8 Recall@1 "
-                         f"{r.recall_at_1['int8']:.4f} vs fp32 {r.recall_at_1['fp32']:.4f} on digits 5-9 "
-                         f"({gap:+.2f} points; target within {RECALL_TARGET:.0f})")
+        for precision in ("int8", "int8-cpu"):
+            gap = int8_gap(r, precision)
+            if gap is not None:
+                lines.append(f"{'MET' if abs(gap) <= RECALL_TARGET else 'MISSED'}: {r.backbone} {precision} Recall@1 "
+                             f"{r.recall_at_1[precision]:.4f} vs fp32 {r.recall_at_1['fp32']:.4f} on digits 5-9 "
+                             f"({gap:+.2f} points; target within {RECALL_TARGET:.0f})")
     return lines
 
 

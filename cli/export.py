@@ -25,7 +25,7 @@ class Format:
 FORMATS = {
     "onnx": Format(
         ".onnx",
-        frozenset({"batch", "dynamic", "opset", "half", "int8", "calib_data"}),
+        frozenset({"batch", "dynamic", "opset", "half", "int8", "calib_data", "int8_for"}),
         "ONNX fp32 (+ fp16 / int8 Q/DQ copies), checked with onnxruntime against PyTorch, Recall@1 of each on the test classes",
     ),
     "engine": Format(
@@ -46,6 +46,7 @@ def export(
     half: Annotated[bool, typer.Option("--half", help="Also write an fp16 ONNX (model.fp16.onnx); engine: fp16.")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Also write an int8 Q/DQ ONNX (model.int8.onnx), calibrated on --calib-data; engine: int8.")] = False,
     calib_data: Annotated[str | None, typer.Option("--calib-data", help="int8 calibration images: a data spec like --data (default: the run's training split).")] = None,
+    int8_for: Annotated[str | None, typer.Option("--int8-for", help="onnx: tensorrt (symmetric, the default; also runs on onnxruntime) | cpu (U8S8: onnxruntime's fast x86 path; TensorRT rejects it).")] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", help="engine: largest batch of the dynamic profile (default 32).")] = None,
     workspace: Annotated[str | None, typer.Option("--workspace", help="engine: TensorRT workspace, e.g. 512MiB (default: 25% of the free device memory).")] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="engine: device profile whose free memory sets the workspace.")] = None,
@@ -60,7 +61,7 @@ def export(
     if spec is None:
         fail(f"--format {format_name!r} is not one of {', '.join(FORMATS)}", hint="edgedml export --help lists them", code=2)
     given = {name for name, value in (("batch", batch), ("dynamic", dynamic or None), ("opset", opset)) if value is not None}
-    given |= {name for name, value in (("half", half or None), ("int8", int8 or None), ("calib_data", calib_data)) if value is not None}
+    given |= {name for name, value in (("half", half or None), ("int8", int8 or None), ("calib_data", calib_data), ("int8_for", int8_for)) if value is not None}
     engine_options = (("max_batch", max_batch), ("workspace", workspace), ("profile", profile), ("timing_cache", timing_cache), ("deepstream", deepstream or None))
     given |= {name for name, value in engine_options if value is not None}
     unsupported = sorted(given - spec.options)
@@ -73,17 +74,21 @@ def export(
         return
     if calib_data is not None and not int8:
         fail("--calib-data needs --int8", code=2)
-    _export_onnx(run_dir, out, opset, batch, checkpoint, half, int8, calib_data, json_output)
+    if int8_for is not None and not int8:
+        fail("--int8-for needs --int8", code=2)
+    if int8_for is not None and int8_for not in ("tensorrt", "cpu"):
+        fail(f"--int8-for {int8_for!r} is not one of tensorrt, cpu", code=2)
+    _export_onnx(run_dir, out, opset, batch, checkpoint, half, int8, calib_data, json_output, int8_for or "tensorrt")
 
 
 def _export_onnx(run_dir: Path, out: Path | None, opset: int | None, batch: int | None, checkpoint: str, half: bool, int8: bool,
-                 calib_data: str | None, json_output: bool) -> None:
+                 calib_data: str | None, json_output: bool, int8_for: str = "tensorrt") -> None:
     from edgedml.export.onnx import export_onnx
 
     try:
         with library_errors(), _ExportProgress() as progress:
             summary = export_onnx(run_dir, out, opset=opset, batch=batch, checkpoint=checkpoint, half=half, int8=int8,
-                                  calib_data=calib_data, callbacks=progress)
+                                  calib_data=calib_data, callbacks=progress, int8_for=int8_for)
     except KeyboardInterrupt:
         fail("interrupted: nothing was written, earlier exports are untouched", code=130)
     if json_output:
@@ -97,7 +102,8 @@ def _export_onnx(run_dir: Path, out: Path | None, opset: int | None, batch: int 
         origin = escape(calibration["data"]) + (" (the run's training split)" if calibration["split"] == "train" else "")
         if calibration["default"]:
             origin += ", the default without --calib-data"
-        console.print(f"int8 calibrated on {calibration['images']} images of {origin}", soft_wrap=True)
+        target = "TensorRT and onnxruntime" if calibration.get("int8_for", "tensorrt") == "tensorrt" else "onnxruntime on a CPU (U8S8; TensorRT rejects it)"
+        console.print(f"int8 for {target}, calibrated on {calibration['images']} images of {origin}", soft_wrap=True)
     final = list(summary.files.values())[-1]
     console.print(
         f"exported {escape(str(final.path))} ({final.size_bytes / 2**20:.2f} MiB); summary in {escape(str(summary.summary_path))}\n"

@@ -159,7 +159,8 @@ def test_half_and_int8_export_checked_scored_and_summarised(run_copy, trained):
     assert summary.files["int8"].check["min_cosine"] >= precision.INT8_MIN_COSINE
     assert summary.files["fp32"].recall_at_1 == pytest.approx(summary.reference["recall_at_1"], abs=1e-6)
     # the run's own data: its training split (3 classes x 8 images after the validation carve-out), test classes untouched
-    assert summary.calibration == {"data": str(trained.data), "split": "train", "default": False, "available": 24, "images": 24}
+    assert summary.calibration == {"data": str(trained.data), "split": "train", "default": False, "available": 24, "images": 24,
+                                   "int8_for": "tensorrt"}
     assert summary.warnings and "fewer than 300" in summary.warnings[0]
     int8_graph = onnx.load(str(summary.files["int8"].path)).graph
     ops = [node.op_type for node in int8_graph.node]
@@ -167,6 +168,34 @@ def test_half_and_int8_export_checked_scored_and_summarised(run_copy, trained):
     assert any(init.data_type == TensorProto.INT8 and len(init.dims) == 4 for init in int8_graph.initializer)  # conv weights
     saved = json.loads((run_copy / "export.json").read_text())
     assert saved["files"]["int8"]["check"] == summary.files["int8"].check and saved["calibration"]["images"] == 24
+
+
+def test_int8_for_cpu_is_u8s8_with_int32_biases_and_trt_rejects_it_while_the_default_passes(run_copy, tmp_path):
+    from edgedml.export.trt_ops import check_tensorrt_ops
+
+    default = export_onnx(run_copy, out=tmp_path / "trt" / "m.onnx", int8=True, evaluate=False)
+    cpu = export_onnx(run_copy, out=tmp_path / "cpu" / "m.onnx", int8=True, int8_for="cpu", evaluate=False)
+    for summary, activation, runs_on in ((default, TensorProto.INT8, "tensorrt"), (cpu, TensorProto.UINT8, "cpu")):
+        graph = onnx.load(str(summary.files["int8"].path)).graph
+        initializers = {init.name: init for init in graph.initializer}
+        zero_points = [initializers[node.input[2]] for node in graph.node if node.op_type == "QuantizeLinear"]
+        assert zero_points and {z.data_type for z in zero_points} == {activation}
+        assert read_metadata(summary.files["int8"].path)["int8_for"] == runs_on == summary.calibration["int8_for"]
+        assert summary.files["int8"].check["min_cosine"] >= precision.INT8_MIN_COSINE
+    cpu_graph = onnx.load(str(cpu.files["int8"].path)).graph
+    assert any(init.data_type == TensorProto.INT32 for init in cpu_graph.initializer)  # quantized biases
+    assert check_tensorrt_ops(default.files["int8"].path) == []
+    rejected = check_tensorrt_ops(cpu.files["int8"].path)
+    assert rejected and any("INT32" in issue.reason for issue in rejected)
+    with pytest.raises(ConfigError, match="--int8-for 'gpu' is not one of tensorrt, cpu"):
+        export_onnx(run_copy, int8=True, int8_for="gpu")
+
+
+def test_cli_int8_for_needs_int8_and_the_onnx_format(cli, run_copy):
+    alone = cli("export", run_copy, "--int8-for", "cpu")
+    assert alone.exit_code == 2 and "--int8-for needs --int8" in alone.output
+    engine = cli("export", run_copy, "--format", "engine", "--int8", "--int8-for", "cpu")
+    assert engine.exit_code == 2 and "--format engine does not take --int8-for" in engine.output
 
 
 def test_int8_calibrated_on_blank_images_is_broken_and_writes_nothing(run_copy, tmp_path):
@@ -187,7 +216,7 @@ def test_cli_int8_with_a_fixed_batch_defaults_to_the_training_split(cli, run_cop
     out = tmp_path / "m.onnx"
     result = cli("export", run_copy, "--int8", "--batch", "4", "--out", out)
     assert result.exit_code == 0, str(result)
-    assert "int8 calibrated on 24 images" in result.output and "the default without --calib-data" in result.output
+    assert "int8 for TensorRT and onnxruntime, calibrated on 24 images" in result.output and "the default without --calib-data" in result.output
     assert "fewer than 300" in result.output
     row = next(line for line in result.output.splitlines() if "m.int8.onnx" in line and "cos 0." in line)
     assert "MiB" in row

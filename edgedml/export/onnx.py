@@ -155,6 +155,7 @@ def export_onnx(
     calib_data: str | None = None,
     evaluate: bool = True,
     callbacks: ExportCallbacks | None = None,
+    int8_for: str = "tensorrt",
 ) -> ExportSummary:
     """Export ``run_dir``'s model to ONNX in fp32 (plus fp16 and int8 copies), verify each, write all or nothing.
 
@@ -162,7 +163,9 @@ def export_onnx(
     fp16 cosine >= 0.999 per embedding, int8 cosine >= 0.9 per embedding (a broken model, not a lossy
     one). With ``evaluate``, each file's Recall@1 and MAP@R on the run's test classes are measured
     next to PyTorch's. ``int8`` calibrates on ``calib_data`` (any ``--data`` spec; the run's own
-    data means its training split), by default on the run's training split.
+    data means its training split), by default on the run's training split. ``int8_for`` picks the
+    int8 flavour: ``tensorrt`` (symmetric, float biases; also fine on onnxruntime) or ``cpu`` (U8S8,
+    onnxruntime's fast path on x86; TensorRT rejects it).
     """
     started = time.perf_counter()
     callbacks = callbacks or ExportCallbacks()
@@ -171,6 +174,8 @@ def export_onnx(
         raise ConfigError(f"--batch {batch} must lie in 1..{MAX_BATCH}", hint="or use --dynamic")
     if calib_data is not None and not int8:
         raise ConfigError("--calib-data is only used by --int8", hint="add --int8, or drop --calib-data")
+    if int8_for not in precision.INT8_TARGETS:
+        raise ConfigError(f"--int8-for {int8_for!r} is not one of {', '.join(precision.INT8_TARGETS)}")
     target = Path(out) if out is not None else run_dir / "model.onnx"
     if target.suffix != ".onnx":
         raise ConfigError(f"--out {target}: an ONNX file must end in .onnx")
@@ -207,8 +212,9 @@ def export_onnx(
             reader = precision.ImageCalibrationReader(
                 calibration_samples, input_size, IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, batch, callbacks.on_advance
             )
-            precision.quantize_int8(tmp["fp32"], tmp["int8"], reader, metadata | {"precision": "int8"})
+            precision.quantize_int8(tmp["fp32"], tmp["int8"], reader, metadata | {"precision": "int8", "int8_for": int8_for}, int8_for)
             calibration["images"] = reader.used
+            calibration["int8_for"] = int8_for
             if reader.used < precision.CALIBRATION_WARN:
                 warning_lines.append(f"int8 calibrated on {reader.used} images (fewer than {precision.CALIBRATION_WARN}): its ranges may not cover the images it will see")
                 log.warning("%s", warning_lines[-1])

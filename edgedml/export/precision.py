@@ -9,8 +9,11 @@
 - **int8** is QDQ quantization (QuantizeLinear/DequantizeLinear pairs, which TensorRT and
   onnxruntime both fuse) by ``onnxruntime.quantization.quantize_static`` after ``quant_pre_process``:
   per-channel int8 weights, int8 activations whose ranges (MinMax) are measured on calibration
-  images, the normalization excluded. Everything is symmetric (zero points 0) and biases stay
-  float, as TensorRT requires of Q/DQ graphs, so the same file also feeds an int8 engine.
+  images, the normalization excluded. For TensorRT (the default target) everything is symmetric
+  (zero points 0) and biases stay float, as TensorRT requires of Q/DQ graphs, so the same file also
+  feeds an int8 engine. For onnxruntime on a CPU (``target="cpu"``) activations are unsigned and
+  asymmetric and biases int32 (U8S8, onnxruntime's fast path on x86: the S8S8 file runs no faster
+  than fp32 there, benchmarks/export.py); TensorRT's parser rejects that file.
 
 The normalization nodes are found from the graph's structure, not from names: they are the nodes
 downstream of the head, the last Gemm/MatMul on the way to the output.
@@ -40,6 +43,7 @@ INT8_MIN_COSINE = 0.9
 CALIBRATION_CAP = 1000
 CALIBRATION_WARN = 300
 CALIBRATION_BATCH = 32
+INT8_TARGETS = ("tensorrt", "cpu")
 
 
 def normalization_nodes(model: onnx.ModelProto) -> list[str]:
@@ -139,8 +143,15 @@ def pick_calibration(samples: list, cap: int = CALIBRATION_CAP) -> list:
     return [samples[i] for i in np.linspace(0, len(samples) - 1, cap).round().astype(int)]
 
 
-def quantize_int8(source: Path, target: Path, reader: ImageCalibrationReader, metadata: dict[str, str]) -> list[str]:
-    """Write a QDQ int8 copy of ``source`` to ``target``, calibrated on ``reader``; return the fp32 nodes."""
+def quantize_int8(
+    source: Path, target: Path, reader: ImageCalibrationReader, metadata: dict[str, str], runs_on: str = "tensorrt"
+) -> list[str]:
+    """Write a QDQ int8 copy of ``source`` to ``target`` for ``runs_on`` (see INT8_TARGETS), calibrated on ``reader``.
+
+    Returns the names of the nodes left in fp32 (the normalization).
+    """
+    if runs_on not in INT8_TARGETS:
+        raise ExportError(f"--int8-for {runs_on!r} is not one of {', '.join(INT8_TARGETS)}")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -149,12 +160,14 @@ def quantize_int8(source: Path, target: Path, reader: ImageCalibrationReader, me
         # symbolic shape inference cannot follow the normalization's Expand; onnx's own inference can
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         excluded = normalization_nodes(onnx.load(str(prepared)))
+        options: dict[str, object] = {"CalibMaxIntermediateOutputs": 8}  # a bounded calibration memory on a large set
+        if runs_on == "tensorrt":  # TensorRT's Q/DQ rules: zero points 0, float biases
+            options |= {"ActivationSymmetric": True, "QuantizeBias": False}
         quantize_static(
             str(prepared), str(target), reader,
             quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-            # a bounded calibration memory on a large set; TensorRT's Q/DQ rules (zero points 0, float biases)
-            extra_options={"CalibMaxIntermediateOutputs": 8, "ActivationSymmetric": True, "QuantizeBias": False},
+            activation_type=QuantType.QInt8 if runs_on == "tensorrt" else QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded, extra_options=options,
         )
     if reader.used == 0:
         raise DataError("no calibration image could be decoded", hint="check the images of --calib-data")
