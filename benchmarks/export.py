@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchmark_tools import log_progress, markdown_table
 from edgedml.cli.quickstart import QUICKSTART
 
 from edgedml.config import TrainConfig
@@ -109,10 +109,6 @@ class BackboneResult:
         data = asdict(self)
         data["timings"] = {label: [asdict(t) for t in timings] for label, timings in self.timings.items()}
         return data
-
-
-def log_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---- train and export ---------------------------------------------------------------------
@@ -216,12 +212,6 @@ def run_backbone(backbone: str, spec: BackboneSpec, args: argparse.Namespace, wo
 # ---- report -------------------------------------------------------------------------------
 def fmt_recall(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def latency_table(results: list[BackboneResult], batches: list[int]) -> str:

@@ -80,7 +80,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -88,6 +87,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchmark_tools import fmt_mean_std as fmt, log_progress, markdown_table, mean_std
 from edgedml.cli.quickstart import QUICKSTART
 
 from edgedml.budget.planner import StepTracer
@@ -289,16 +289,6 @@ def run_all(plan: dict[str, list[str]], dims: list[int], seeds: list[int], epoch
 
 
 # ---- statistics --------------------------------------------------------------------------
-def mean_std(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def fmt(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
-    mean, std = mean_std([v * scale for v in values])
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def median_seconds_per_epoch(runs: list[RunResult]) -> float:
     return statistics.median(r.seconds_per_epoch for r in runs)
 
@@ -350,12 +340,6 @@ def comparisons(runs: dict[str, dict[int, list[RunResult]]]) -> list[Comparison]
 
 
 # ---- report -------------------------------------------------------------------------------
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def heads_text(method: str) -> str:
     spec = METHODS[method]
     if spec.aux_dims is None:
@@ -517,10 +501,6 @@ def write_json(path: Path, results: Results, peaks: Peaks, epochs: dict[str, int
         },
     }
     path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-
-
-def log_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---- command line -------------------------------------------------------------------------

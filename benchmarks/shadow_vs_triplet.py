@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ from typing import Any
 
 import torch
 
+from benchmark_tools import fmt_mean_std, log_progress, markdown_table
 from edgedml.cli.quickstart import QUICKSTART
 from edgedml.config import MINING_MODES, TrainConfig
 from edgedml.training import TrainCallbacks, Trainer
@@ -158,14 +158,8 @@ def epochs_to_fraction(curve: list[float], fraction: float) -> int:
     return next(epoch for epoch, value in enumerate(curve, start=1) if value >= target)
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def fmt(values: list[float], digits: int = 3) -> str:
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return fmt_mean_std(values, digits)
 
 
 def ratio_of_means(numerator: list[int], denominator: list[int]) -> float:
@@ -187,12 +181,6 @@ def max_curve_gap(a: list[RunResult], b: list[RunResult]) -> float:
 
 
 # ---- report -------------------------------------------------------------------------------
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def results_table(results: dict[str, list[RunResult]], epochs: int) -> str:
     shown = [e for e in REPORT_EPOCHS if e < epochs]
     header = ["loss", "R@1 ep 0 (init)", *(f"R@1 ep {e}" for e in shown), f"R@1 final (ep {epochs})",
@@ -271,10 +259,6 @@ def write_json(path: Path, results: dict[str, list[RunResult]], args: argparse.N
         },
     }
     path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-
-
-def log_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---- command line -------------------------------------------------------------------------

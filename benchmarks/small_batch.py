@@ -70,7 +70,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -79,6 +78,7 @@ from typing import Any
 
 import torch
 
+from benchmark_tools import fmt_mean_std as fmt, log_progress, markdown_table, mean_std
 from edgedml.config import MINING_MODES, TrainConfig
 from edgedml.data import prepare_data
 from edgedml.training import Trainer
@@ -258,16 +258,6 @@ def run_all(datasets: list[str], configs: list[str], seeds: list[int], epochs: d
 
 
 # ---- statistics --------------------------------------------------------------------------
-def mean_std(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def fmt(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
-    mean, std = mean_std([v * scale for v in values])
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 @dataclass
 class Comparison:
     a: str
@@ -300,12 +290,6 @@ def compare(runs: dict[str, list[RunResult]], a: str, b: str, claim: str) -> Com
 
 
 # ---- report -------------------------------------------------------------------------------
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def results_table(runs: dict[str, list[RunResult]]) -> str:
     header = ["config", "batch (P x K)", "memory (slots)", "mining", "iterations (with memory)",
               "test R@1 (%)", "test MAP@R (%)", "untrained R@1 (%)", "best epoch", "s / run"]
@@ -403,10 +387,6 @@ def write_json(path: Path, results: dict[str, dict[str, list[RunResult]]], epoch
         },
     }
     path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-
-
-def log_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---- command line -------------------------------------------------------------------------
