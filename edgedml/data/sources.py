@@ -67,8 +67,11 @@ def load_digits() -> Source:
     return Source(name="digits", samples=samples, default_input_size=32)
 
 
-def load_source(spec: str) -> Source:
-    """Resolve a ``--data`` value to a :class:`Source`."""
+def load_source(spec: str, min_classes: int = 2) -> Source:
+    """Resolve a ``--data`` value to a :class:`Source` with at least ``min_classes`` classes.
+
+    Training and evaluation need two; a gallery to index may hold any number (``min_classes=0``).
+    """
     if spec in named_sources:
         source = named_sources.create(spec)
     else:
@@ -82,9 +85,9 @@ def load_source(spec: str) -> Source:
         else:
             known = ", ".join(named_sources.names())
             raise DataError(f"--data {spec}: no such file or folder", hint=f"use an existing path or one of: {known}")
-    if len(source.classes) < 2:
+    if len(source.classes) < min_classes:
         raise DataError(
-            f"--data {spec}: found {len(source.classes)} class(es); metric learning needs at least 2",
+            f"--data {spec}: found {len(source.classes)} class(es); metric learning needs at least {min_classes}",
             hint="add images of more classes",
         )
     return source

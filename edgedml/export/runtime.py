@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,8 +84,8 @@ class Embedder(Protocol):
     def embed(self, images: np.ndarray) -> np.ndarray: ...
 
 
-class BatchedEmbedder:
-    """Base class: splits any N into batches the model accepts; subclasses implement ``_run``."""
+class BatchedEmbedder(ABC):
+    """Base class: splits any N into batches the model accepts; each runtime implements ``_run``."""
 
     runtime = ""
     max_batch = 256  # for dynamic models: bounds memory, not correctness
@@ -113,8 +114,9 @@ class BatchedEmbedder:
             outputs.append(np.asarray(self._run(chunk), dtype=np.float32)[:count])
         return np.concatenate(outputs)
 
+    @abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Embed one batch the model accepts as is (fixed batch size, or at most ``max_batch``)."""
 
 
 class OnnxRuntimeEmbedder(BatchedEmbedder):

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from edgedml import __version__
-from edgedml.data.sources import Sample, Source, load_csv_manifest, load_image_folder, load_source, named_sources
+from edgedml.data.sources import Sample, Source, load_source
 from edgedml.errors import ConfigError, DataError, ModelError
 from edgedml.io import write_json, write_with
 
@@ -136,7 +136,7 @@ def gallery_items(spec: str, split: str = "all", settings=None) -> list[GalleryI
 
     if split not in GALLERY_SPLITS:
         raise ConfigError(f"--split {split!r} is not one of {', '.join(GALLERY_SPLITS)}")
-    source = _gallery_source(spec) if split == "all" else load_source(spec)
+    source = load_source(spec, min_classes=0) if split == "all" else load_source(spec)  # nothing is trained on a gallery
     keys = {id(sample): _sample_key(source, position, sample) for position, sample in enumerate(source.samples)}
     if split == "all":
         chosen = source.samples
@@ -146,18 +146,6 @@ def gallery_items(spec: str, split: str = "all", settings=None) -> list[GalleryI
     if not chosen:
         raise DataError(f"--gallery {spec}: the {split} split holds no image", hint="choose another --split")
     return [GalleryItem(keys[id(sample)], sample) for sample in chosen]
-
-
-def _gallery_source(spec: str) -> Source:
-    """Like ``load_source``, but a gallery of a single class is fine (nothing is trained on it)."""
-    path = Path(spec).expanduser()
-    if spec in named_sources:
-        return named_sources.create(spec)
-    if path.is_dir():
-        return load_image_folder(path)
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return load_csv_manifest(path)
-    return load_source(spec)  # raises the error that fits the spec
 
 
 def _sample_key(source: Source, position: int, sample: Sample) -> str:
