@@ -1,6 +1,6 @@
 """S2SD self-distillation against plain training: test Recall@1 on unseen classes at low embedding dimensions.
 
-The claim under test (METHODS.md §4; Roth et al., "Simultaneous Similarity-based Self-Distillation for
+The claim under test (docs/methods.md §4; Roth et al., "Simultaneous Similarity-based Self-Distillation for
 Deep Metric Learning", ICML 2021): training a low-dimensional embedding next to high-dimensional
 auxiliary heads whose batch similarities it distills gives up to +7 points Recall@1 over the same
 dimension trained alone, at a negligible training-time cost (the heads are dropped at export).

@@ -1,6 +1,6 @@
 """Shadow loss against a cosine triplet loss: Recall@1 per epoch on digits, and epochs to converge.
 
-What it measures (METHODS.md §1; the paper claims Shadow needs ~1.5-2x fewer epochs than a
+What it measures (docs/methods.md §1; the paper claims Shadow needs ~1.5-2x fewer epochs than a
 triplet loss to reach the same Recall@1):
 
 - three losses, trained with the quick-start configuration (``edgedml.cli.quickstart.QUICKSTART``:

@@ -1,6 +1,6 @@
 """Small batches with a cross-batch memory against an 8x larger batch without one: test Recall@1 on unseen classes.
 
-The claims under test (METHODS.md §2-3; XBM, Wang et al. 2020; XBN; AXBN):
+The claims under test (docs/methods.md §2-3; XBM, Wang et al. 2020; XBN; AXBN):
 
 1. a memory at a small batch beats no memory at an 8x larger batch;
 2. XBN (stored embeddings moved to the current batch's moments) beats plain XBM;
@@ -30,7 +30,7 @@ What it runs, per data set (``--datasets``, default ``glyphs digits``) and seed 
 - the tiny backbone, 32 px input, 64-d embeddings, Shadow loss with ``normalize: True`` (margin 0.2).
   With unit vectors Shadow is exactly a cosine triplet hinge, which is what the XBM / XBN / AXBN papers
   use: the memory then stores L2-normalized embeddings and XBN / AXBN adapt those normalized vectors and
-  compare by cosine (METHODS.md §3). (The quick start's ``normalize: False`` would make the memory hold
+  compare by cosine (docs/methods.md §3). (The quick start's ``normalize: False`` would make the memory hold
   raw projections, whose norms XBN's per-dimension affine map would also change: not the papers' setting);
 - the same mining for all five configurations, ``hard`` (batch-hard: each anchor's farthest positive and
   nearest negative, in the batch and, with a memory on, in the memory). The library default would pick

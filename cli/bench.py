@@ -8,10 +8,11 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgedml.cli.common import JsonOption, console, err_console, fail, library_errors, print_json, setup_logging
+from edgedml.cli.common import JsonOption, console, fail, library_errors, print_json, setup_logging
+from edgedml.cli.progress import RichProgress
+from edgedml.io import write_json
 
 
 def bench(
@@ -28,24 +29,16 @@ def bench(
 ) -> None:
     """Time a model: p50/p90/p99 latency per batch and images/s, after a warm-up."""
     setup_logging()
-    from edgedml.export.bench import BenchPlan, bench as run_bench, open_model, parse_batches
-    from edgedml.io import write_json
+    from edgedml.export.bench import BenchPlan, open_model, parse_batches
+    from edgedml.export.bench import bench as run_bench
 
     with library_errors():
         batches = parse_batches(batch) if batch is not None else None
         plan = BenchPlan(warmup=warmup, iterations=iters, seconds=seconds)
         embedder = open_model(model, runtime, device, threads)
-        progress = _progress(json_output)
         try:
-            with progress:
-                tasks: dict[int, Any] = {}
-
-                def advance(size: int) -> None:
-                    if size not in tasks:
-                        tasks[size] = progress.add_task("", total=plan.iterations, batch=size)
-                    progress.advance(tasks[size])
-
-                result = run_bench(embedder, batches, plan, threads, device, on_call=advance)
+            with RichProgress(hidden=json_output) as progress:
+                result = run_bench(embedder, batches, plan, threads, device, progress=progress)
         except KeyboardInterrupt:
             fail("interrupted; nothing was written", code=130)
     data = result.to_dict()
@@ -57,13 +50,6 @@ def bench(
     console.print(results_table(data))
     if out is not None:
         console.print(f"written to {escape(str(out))}", soft_wrap=True)
-
-
-def _progress(hidden: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]batch {task.fields[batch]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=hidden,
-    )
 
 
 def results_table(data: dict[str, Any]) -> Table:

@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgedml.errors import EdgedmlError
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -35,8 +37,6 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
 @contextmanager
 def library_errors() -> Iterator[None]:
     """Turn the library's typed errors into one red line, a hint and a non-zero exit."""
-    from edgedml.errors import EdgedmlError
-
     try:
         yield
     except EdgedmlError as exc:

@@ -9,6 +9,7 @@ import typer
 
 from edgedml.cli.common import DataOption, JsonOption, console, library_errors, metric_rows, metrics_table, print_json, setup_logging
 from edgedml.cli.index import RuntimeOption
+from edgedml.cli.progress import RichProgress
 
 
 def evaluate(
@@ -27,10 +28,10 @@ def evaluate(
     An exported model is scored on the split its run made (the file's metadata records it).
     """
     setup_logging()
-    from edgedml.training.evaluate import evaluate_model
+    from edgedml.retrieval.evaluate import evaluate_model
 
-    with library_errors():
-        metrics = evaluate_model(model, data=data, split=split, checkpoint=checkpoint, runtime=runtime, device=device)
+    with library_errors(), RichProgress(hidden=json_output) as progress:
+        metrics = evaluate_model(model, data=data, split=split, checkpoint=checkpoint, runtime=runtime, device=device, progress=progress)
     result = metrics.to_dict()
     if json_output:
         print_json(result)

@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgedml.cli.common import JsonOption, RunDirArgument, console, err_console, fail, library_errors, print_json, setup_logging
-
-
-@dataclass(frozen=True)
-class Format:
-    suffix: str
-    options: frozenset[str]  # the options this format accepts besides --out and --checkpoint
-    description: str
-
-
-# Checked before any work starts (as Ultralytics does): an option a format cannot use is an error.
-FORMATS = {
-    "onnx": Format(
-        ".onnx",
-        frozenset({"batch", "dynamic", "opset", "half", "int8", "calib_data", "int8_for"}),
-        "ONNX fp32 (+ fp16 / int8 Q/DQ copies), checked with onnxruntime against PyTorch, Recall@1 of each on the test classes",
-    ),
-    "engine": Format(
-        ".engine",
-        frozenset({"batch", "dynamic", "opset", "half", "int8", "calib_data", "max_batch", "workspace", "profile", "timing_cache", "deepstream"}),
-        "TensorRT engine built on this GPU from the checked ONNX; sidecar model.engine.json records TensorRT version and GPU",
-    ),
-}
+from edgedml.cli.common import JsonOption, RunDirArgument, console, fail, library_errors, print_json, setup_logging
+from edgedml.cli.progress import RichProgress
+from edgedml.export.formats import FORMATS, INT8_TARGETS, check_export_options
 
 
 def export(
     run_dir: RunDirArgument,
-    format_name: Annotated[str, typer.Option("--format", help="Target format: " + ", ".join(FORMATS) + ".")] = "onnx",
+    format_name: Annotated[str, typer.Option("--format", help="Target format: " + "; ".join(f"{name}: {spec.description}" for name, spec in FORMATS.items()) + ".")] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", help="Output file (default: inside the run directory).")] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="A fixed batch size instead of a dynamic one.")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic batch dimension (the default unless --batch).")] = False,
@@ -46,7 +24,7 @@ def export(
     half: Annotated[bool, typer.Option("--half", help="Also write an fp16 ONNX (model.fp16.onnx); engine: fp16.")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Also write an int8 Q/DQ ONNX (model.int8.onnx), calibrated on --calib-data; engine: int8.")] = False,
     calib_data: Annotated[str | None, typer.Option("--calib-data", help="int8 calibration images: a data spec like --data (default: the run's training split).")] = None,
-    int8_for: Annotated[str | None, typer.Option("--int8-for", help="onnx: tensorrt (symmetric, the default; also runs on onnxruntime) | cpu (U8S8: onnxruntime's fast x86 path; TensorRT rejects it).")] = None,
+    int8_for: Annotated[str | None, typer.Option("--int8-for", help=f"onnx: {' | '.join(INT8_TARGETS)}: tensorrt (symmetric, the default; also runs on onnxruntime), cpu (U8S8: onnxruntime's fast x86 path; TensorRT rejects it).")] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", help="engine: largest batch of the dynamic profile (default 32).")] = None,
     workspace: Annotated[str | None, typer.Option("--workspace", help="engine: TensorRT workspace, e.g. 512MiB (default: 25% of the free device memory).")] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="engine: device profile whose free memory sets the workspace.")] = None,
@@ -57,27 +35,16 @@ def export(
 ) -> None:
     """Export a trained run's embedding model (base head only) and verify it."""
     setup_logging()
-    spec = FORMATS.get(format_name)
-    if spec is None:
-        fail(f"--format {format_name!r} is not one of {', '.join(FORMATS)}", hint="edgedml export --help lists them", code=2)
-    given = {name for name, value in (("batch", batch), ("dynamic", dynamic or None), ("opset", opset)) if value is not None}
-    given |= {name for name, value in (("half", half or None), ("int8", int8 or None), ("calib_data", calib_data), ("int8_for", int8_for)) if value is not None}
-    engine_options = (("max_batch", max_batch), ("workspace", workspace), ("profile", profile), ("timing_cache", timing_cache), ("deepstream", deepstream or None))
-    given |= {name for name, value in engine_options if value is not None}
-    unsupported = sorted(given - spec.options)
-    if unsupported:
-        fail(f"--format {format_name} does not take --{', --'.join(name.replace('_', '-') for name in unsupported)}", code=2)
-    if batch is not None and dynamic:
-        fail("--batch and --dynamic exclude each other", hint="give one of them", code=2)
+    given = {
+        "batch": batch, "dynamic": dynamic, "opset": opset, "half": half, "int8": int8, "calib_data": calib_data,
+        "int8_for": int8_for, "max_batch": max_batch, "workspace": workspace, "profile": profile,
+        "timing_cache": timing_cache, "deepstream": deepstream,
+    }
+    with library_errors():
+        check_export_options(format_name, given)
     if format_name == "engine":
         _export_engine(run_dir, out, batch, max_batch, opset, half, int8, calib_data, workspace, profile, timing_cache, checkpoint, deepstream, json_output)
         return
-    if calib_data is not None and not int8:
-        fail("--calib-data needs --int8", code=2)
-    if int8_for is not None and not int8:
-        fail("--int8-for needs --int8", code=2)
-    if int8_for is not None and int8_for not in ("tensorrt", "cpu"):
-        fail(f"--int8-for {int8_for!r} is not one of tensorrt, cpu", code=2)
     _export_onnx(run_dir, out, opset, batch, checkpoint, half, int8, calib_data, json_output, int8_for or "tensorrt")
 
 
@@ -86,9 +53,9 @@ def _export_onnx(run_dir: Path, out: Path | None, opset: int | None, batch: int 
     from edgedml.export.onnx import export_onnx
 
     try:
-        with library_errors(), _ExportProgress() as progress:
+        with library_errors(), RichProgress(hidden=json_output) as progress:
             summary = export_onnx(run_dir, out, opset=opset, batch=batch, checkpoint=checkpoint, half=half, int8=int8,
-                                  calib_data=calib_data, callbacks=progress, int8_for=int8_for)
+                                  calib_data=calib_data, progress=progress, int8_for=int8_for)
     except KeyboardInterrupt:
         fail("interrupted: nothing was written, earlier exports are untouched", code=130)
     if json_output:
@@ -99,11 +66,11 @@ def _export_onnx(run_dir: Path, out: Path | None, opset: int | None, batch: int 
         console.print(f"Recall@1 and MAP@R on the {summary.test_images} images of the run's unseen test classes", soft_wrap=True)
     if summary.calibration is not None:
         calibration = summary.calibration
-        origin = escape(calibration["data"]) + (" (the run's training split)" if calibration["split"] == "train" else "")
-        if calibration["default"]:
+        origin = escape(calibration.data) + (" (the run's training split)" if calibration.split == "train" else "")
+        if calibration.default:
             origin += ", the default without --calib-data"
-        target = "TensorRT and onnxruntime" if calibration.get("int8_for", "tensorrt") == "tensorrt" else "onnxruntime on a CPU (U8S8; TensorRT rejects it)"
-        console.print(f"int8 for {target}, calibrated on {calibration['images']} images of {origin}", soft_wrap=True)
+        target = "TensorRT and onnxruntime" if calibration.int8_for == "tensorrt" else "onnxruntime on a CPU (U8S8; TensorRT rejects it)"
+        console.print(f"int8 for {target}, calibrated on {calibration.images} images of {origin}", soft_wrap=True)
     final = list(summary.files.values())[-1]
     console.print(
         f"exported {escape(str(final.path))} ({final.size_bytes / 2**20:.2f} MiB); summary in {escape(str(summary.summary_path))}\n"
@@ -127,48 +94,18 @@ def export_table(summary) -> Table:
     return table
 
 
-class _ExportProgress:
-    """The export's steps on stderr: a bar where images are counted, a spinner otherwise; gone when done."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=err_console, transient=True,
-        )
-        self.task: TaskID | None = None
-
-    def __enter__(self) -> _ExportProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.progress.stop()
-
-    def on_stage(self, description: str, total: int | None = None) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(escape(description), total=total)
-
-    def on_advance(self, count: int) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task, count)
-
-
 def _export_engine(run_dir: Path, out: Path | None, batch: int | None, max_batch: int | None, opset: int | None, half: bool, int8: bool,
                    calib_data: str | None, workspace: str | None, profile: str | None, timing_cache: Path | None, checkpoint: str,
                    deepstream: bool, json_output: bool) -> None:
-    if batch is not None and max_batch is not None:
-        fail("--batch (a fixed batch) and --max-batch (a dynamic range) exclude each other", code=2)
-    if calib_data is not None and not int8:
-        fail("--calib-data needs --int8", code=2)
-    from edgedml.export.tensorrt import BatchRange, export_engine
+    from edgedml.export.engine import export_engine
+    from edgedml.export.tensorrt import BatchRange
 
     with library_errors():
         batch_range = BatchRange.fixed(batch) if batch is not None else BatchRange.dynamic(max_batch) if max_batch else BatchRange.dynamic()
-        with _ExportProgress() as progress:
+        with RichProgress(hidden=json_output) as progress:
             result = export_engine(
                 run_dir, out, half=half, int8=int8, calib_data=calib_data, batch=batch_range, workspace=workspace, profile=profile,
-                timing_cache=timing_cache, checkpoint=checkpoint, opset=opset, deepstream=deepstream, callbacks=progress,
+                timing_cache=timing_cache, checkpoint=checkpoint, opset=opset, deepstream=deepstream, progress=progress,
             )
     if json_output:
         print_json(result.to_dict())

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from edgedml.cli.common import JsonOption, console, err_console, fail, library_errors, print_json, setup_logging
+from edgedml.cli.common import JsonOption, console, fail, library_errors, print_json, setup_logging
+from edgedml.cli.progress import RichProgress
 
 ModelArgument = Annotated[
     Path, typer.Argument(help="An exported model (.onnx, TensorRT .engine) or a run directory.", show_default=False)
@@ -38,34 +38,20 @@ def index(
     setup_logging()
     if batch_size < 1:
         fail(f"--batch-size {batch_size} must be at least 1", code=2)
+    if append and overwrite:
+        fail("--append and --overwrite exclude each other", hint="give one of them", code=2)
     from edgedml.retrieval.index import build_index
 
-    progress = Progress(
-        TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True, disable=json_output,
-    )
-    task = progress.add_task("embed", total=None)
-
-    def on_start(total: int, done: int) -> None:
-        progress.update(task, total=total, completed=done)
-        progress.start()
-
-    def on_batch(count: int) -> None:
-        progress.advance(task, count)
-
+    mode = "append" if append else "overwrite" if overwrite else "new"
     try:
-        with library_errors():
+        with library_errors(), RichProgress(hidden=json_output) as progress:
             summary = build_index(
                 model, gallery, out, split=split, index_type=index_type, nlist=nlist, nprobe=nprobe, pq_m=pq_m,
-                append=append, overwrite=overwrite, batch_size=batch_size, runtime=runtime, device=device,
-                on_start=on_start, on_batch=on_batch,
+                mode=mode, batch_size=batch_size, runtime=runtime, device=device, progress=progress,
             )
     except KeyboardInterrupt:
-        progress.stop()
         fail(f"interrupted: the index in {out} is unchanged; embedded chunks are kept in {out}/.partial",
              hint="run the same command again to resume", code=130)
-    finally:
-        progress.stop()
     if json_output:
         print_json(summary.to_dict())
         return

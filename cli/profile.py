@@ -9,6 +9,8 @@ import typer
 from rich.markup import escape
 
 from edgedml.cli.common import DataOption, JsonOption, console, library_errors, print_json, setup_logging
+from edgedml.config import TrainConfig
+from edgedml.units import format_bytes
 
 
 def profile(
@@ -34,9 +36,7 @@ def profile(
 ) -> None:
     """Predict a training configuration's peak memory, fit it to a budget, and write a report."""
     setup_logging()
-    from edgedml.budget.planner import format_bytes
     from edgedml.budget.report import build_report, write_report
-    from edgedml.config import TrainConfig
 
     given = {key: value for key, value in locals().items() if key in TrainConfig.keys() and value is not None}
     if profile_name is not None:

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from edgedml.budget.profiles import PROFILE_KEYS, list_profiles, read_profile
 from edgedml.cli.common import JsonOption, console, library_errors, print_json
 
 profiles_app = typer.Typer(
@@ -25,8 +26,6 @@ ProfileArgument = Annotated[
 @profiles_app.command("list")
 def list_profiles_command(json_output: JsonOption = False) -> None:
     """List the shipped device profiles: memory, compute capability, FP16/INT8/DLA, JetPack/TensorRT."""
-    from edgedml.budget.profiles import list_profiles, read_profile
-
     with library_errors():
         profiles = [read_profile(name) for name in list_profiles()]
     if json_output:
@@ -53,8 +52,6 @@ def list_profiles_command(json_output: JsonOption = False) -> None:
 @profiles_app.command("show")
 def show(name: ProfileArgument, json_output: JsonOption = False) -> None:
     """Every key of one profile, with what it means."""
-    from edgedml.budget.profiles import PROFILE_KEYS, read_profile
-
     with library_errors():
         profile = read_profile(name)
     if json_output:

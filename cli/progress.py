@@ -1,60 +1,66 @@
-"""Rich progress for training: one bar over all steps, one line per epoch."""
+"""Rich rendering of the library's progress protocol: one line per stage, a bar where units are counted."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichBars
 
 from edgedml.cli.common import err_console
-from edgedml.training import TrainCallbacks
+from edgedml.progress import Progress
 
 
-class RichTrainProgress(TrainCallbacks):
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
+class RichProgress(Progress):
+    """Stages on stderr. ``transient``: each stage's line goes when the next starts (export, index, bench);
+    otherwise finished stages stay on screen (training). ``hidden``: render nothing (``--json``)."""
+
+    def __init__(self, transient: bool = True, hidden: bool = False) -> None:
+        self.bars = RichBars(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TextColumn("{task.fields[rate]:.0f} img/s"),
+            TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=err_console,
-            transient=False,
+            transient=transient,
+            disable=hidden,
         )
-        self.task: Any = None
-        self.steps_per_epoch = 1
-        self.epochs = 1
+        self.transient = transient
+        self.task: TaskID | None = None
 
-    def on_start(self, epochs: int, steps_per_epoch: int, start_epoch: int, start_step: int) -> None:
-        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
-        self.progress.start()
-        self.task = self.progress.add_task(
-            "train",
-            total=epochs * steps_per_epoch,
-            completed=start_epoch * steps_per_epoch + start_step,
-            epoch=f"{start_epoch + 1}/{epochs}",
-            loss=0.0,
-            rate=0.0,
-        )
+    def __enter__(self) -> RichProgress:
+        return self
 
-    def on_step(self, epoch: int, step: int, loss: float, images_per_s: float) -> None:
-        self.progress.update(
-            self.task,
-            completed=epoch * self.steps_per_epoch + step,
-            epoch=f"{epoch + 1}/{self.epochs}",
-            loss=loss,
-            rate=images_per_s,
-        )
-
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
-        val = f"  val R@1 {record['val_recall_at_1']:.4f}  MAP@R {record['val_map_at_r']:.4f}" if "val_recall_at_1" in record else ""
-        self.progress.console.print(f"epoch {record['epoch']}: loss {record['loss']:.4f}{val}", highlight=False)
-
-    def on_test(self) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
-        err_console.print("evaluating the best weights on the unseen test classes ...")
+
+    def stage(self, description: str, total: int | None = None, done: int = 0) -> None:
+        if self.task is not None:
+            if self.transient:
+                self.bars.remove_task(self.task)
+            else:
+                self.bars.stop_task(self.task)
+        self.task = self.bars.add_task(escape(description), total=total, completed=done, status="")
+        self.bars.start()
+
+    def advance(self, count: int = 1, status: str | None = None) -> None:
+        if self.task is None:
+            return
+        fields = {} if status is None else {"status": escape(status)}
+        self.bars.update(self.task, advance=count, **fields)
+
+    def note(self, message: str) -> None:
+        self.bars.console.print(escape(message), highlight=False)
 
     def close(self) -> None:
-        self.progress.stop()
+        self.bars.stop()

@@ -20,6 +20,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgedml.cli.common import console, library_errors, metric_rows, metrics_table, setup_logging
+from edgedml.cli.export import export_table
+from edgedml.cli.progress import RichProgress
+from edgedml.config import TrainConfig
 
 # Tuned for 2 CPU cores: 5 training digits x 12 images per batch, 32 px, the tiny backbone.
 QUICKSTART = {
@@ -78,56 +81,35 @@ def quickstart(
 
 
 def _train(title: str, overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    from edgedml.cli.progress import RichTrainProgress
-    from edgedml.config import TrainConfig
     from edgedml.training import Trainer
 
     console.print(f"\n[bold]{escape(title)}[/]", soft_wrap=True)
-    progress = RichTrainProgress()
-    with library_errors():
-        try:
-            return Trainer(TrainConfig.from_sources(overrides=overrides), run_dir, progress).fit(overwrite=True)
-        finally:
-            progress.close()
+    with library_errors(), RichProgress(transient=False) as progress:
+        return Trainer(TrainConfig.from_sources(overrides=overrides), run_dir, progress).fit(overwrite=True)
 
 
 def _export(title: str, run_dir: Path) -> Path:
-    from edgedml.cli.export import _ExportProgress, export_table
     from edgedml.export.onnx import export_onnx
 
     console.print(f"\n[bold]{escape(title)}[/]", soft_wrap=True)
-    with library_errors(), _ExportProgress() as progress:
-        summary = export_onnx(run_dir, half=True, int8=True, callbacks=progress)
+    with library_errors(), RichProgress() as progress:
+        summary = export_onnx(run_dir, half=True, int8=True, progress=progress)
     console.print(export_table(summary))
     return summary.files["int8"].path
 
 
 def _index_and_search(title: str, model: Path, out: Path) -> tuple[Path, list[Path]]:
     """Write digits 5-9 as an image folder, hold out one image per class, index the rest, search the held-out ones."""
-    import shutil
-
-    from PIL import Image
-
-    from edgedml.config import TrainConfig
-    from edgedml.data import prepare_data
+    from edgedml.data import prepare_data, write_gallery_and_queries
     from edgedml.retrieval import build_index, search
 
     console.print(f"\n[bold]{escape(title)}[/]", soft_wrap=True)
     config = TrainConfig.from_sources(overrides=QUICKSTART)
     unseen = prepare_data("digits", config.train_classes, config.val_fraction, config.seed).splits.test
-    gallery, query_dir = out / "unseen-digits", out / "queries"
-    for folder in (gallery, query_dir):
-        shutil.rmtree(folder, ignore_errors=True)
-    queries: list[Path] = []
-    for position, sample in enumerate(unseen):
-        held_out = not any(q.stem == sample.label for q in queries)
-        target = query_dir / f"{sample.label}.png" if held_out else gallery / sample.label / f"{position:04d}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(sample.image).save(target)
-        if held_out:
-            queries.append(target)
+    gallery = out / "unseen-digits"
+    queries = write_gallery_and_queries(unseen, gallery, out / "queries")
     with library_errors():
-        summary = build_index(model, str(gallery), out / "index", overwrite=True)
+        summary = build_index(model, str(gallery), out / "index", mode="overwrite")
         results = search(out / "index", queries, top_k=5)
     console.print(
         f"indexed {summary.count} images of digits 5-9 in {summary.seconds:.1f} s ({summary.embedded_per_s:,.0f} images/s, "

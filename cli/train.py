@@ -19,6 +19,8 @@ from edgedml.cli.common import (
     print_json,
     setup_logging,
 )
+from edgedml.cli.progress import RichProgress
+from edgedml.config import TrainConfig
 
 
 def train(
@@ -75,12 +77,10 @@ def train(
 ) -> None:
     """Train an embedding model and evaluate it on classes it never saw."""
     setup_logging(verbose)
-    from edgedml.cli.progress import RichTrainProgress
-    from edgedml.config import TrainConfig
-    from edgedml.training import Trainer
+    from edgedml.training import Trainer  # torch: imported by the command, not by edgedml --help
 
     given = {key: value for key, value in locals().items() if key in TrainConfig.keys() and value is not None}
-    progress = RichTrainProgress()
+    progress = RichProgress(transient=False)
     with library_errors():
         try:
             if resume is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from edgedml.errors import ConfigError
+from edgedml.errors import CheckpointError, ConfigError
 
 MINING_MODES = ("all", "hard", "semihard")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -23,6 +23,8 @@ DEVICES = ("auto", "cpu", "cuda")
 MEMORY_KINDS = ("none", "xbm", "xbn", "axbn")
 AUTO = "auto"
 AUTO_FIELDS = ("batch_size", "memory_size")
+# The largest batch any command takes (training, export profiles, benchmarks): bounds memory and search ranges.
+MAX_BATCH = 4096
 
 
 @dataclass
@@ -226,6 +228,19 @@ class TrainConfig:
     @property
     def classes_per_batch(self) -> int:
         return self.batch_size // self.samples_per_class
+
+
+RUN_CONFIG = "config.yaml"
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved configuration a training run wrote into its directory (``RUN_DIR/config.yaml``)."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise CheckpointError(
+            f"{run_dir}: no {RUN_CONFIG}, so not a run directory", hint="pass the --out folder of an edgedml train run"
+        )
+    return TrainConfig.from_sources(path)
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:

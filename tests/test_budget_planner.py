@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from edgedml.budget.device import DeviceMemory
-from edgedml.budget.planner import Budget, StepTracer, format_bytes, make_budget, parse_bytes, plan_training
+from edgedml.budget.planner import Budget, StepTracer, make_budget, plan_training
 from edgedml.budget.trace import AllocationTimeline
 from edgedml.config import TrainConfig
 from edgedml.errors import ConfigError
 from edgedml.models import build_model
-from edgedml.training.trainer import make_optimizer
+from edgedml.objective import StepOutputs, build_network, build_objective, make_optimizer
+from edgedml.units import format_bytes, parse_bytes
 
 MIB = 1 << 20
 
@@ -44,8 +45,6 @@ def test_parameters_gradients_and_optimizer_state_are_counted_exactly():
 
 def real_step_peak(cfg: TrainConfig, input_size: int, batch_size: int, memory_size: int) -> int:
     """The trainer's steady-state step run on real tensors, its allocations traced: what the planner predicts."""
-    from edgedml.training.objective import StepOutputs, build_network, build_objective
-
     torch.manual_seed(0)
     network = build_network(cfg, build_model(cfg.backbone, cfg.dim))
     optimizer = make_optimizer(network, cfg)

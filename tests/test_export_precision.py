@@ -16,7 +16,19 @@ from edgedml.errors import ConfigError, ExportError
 from edgedml.export import onnx as onnx_export
 from edgedml.export import precision
 from edgedml.export.onnx import check_images, export_onnx, read_metadata
+from edgedml.metrics import cosine_check
+from edgedml.progress import Progress
 from edgedml.training.checkpoint import load_checkpoint, save_checkpoint
+
+
+class Recorder(Progress):
+    """Records the unit counts reported through ``advance``."""
+
+    def __init__(self, counts: list[int]):
+        self.counts = counts
+
+    def advance(self, count: int = 1, status: str | None = None) -> None:
+        self.counts.append(count)
 
 
 def no_leftovers(folder):
@@ -121,7 +133,7 @@ def test_normalization_stored_in_fp16_fails_the_check_and_writes_nothing(large_n
 def test_calibration_reader_fills_a_fixed_batch_with_its_own_images_and_counts_what_it_used():
     samples = [Sample(image=np.full((4, 4), 10 * i, np.uint8), label=str(i % 2)) for i in range(6)]
     seen: list[int] = []
-    reader = precision.ImageCalibrationReader(samples, 4, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "images", batch=4, on_batch=seen.append)
+    reader = precision.ImageCalibrationReader(samples, 4, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "images", batch=4, progress=Recorder(seen))
     batches = []
     while (feed := reader.get_next()) is not None:
         batches.append(feed["images"])
@@ -140,9 +152,9 @@ def test_calibration_choice_is_capped_evenly_spaced_and_deterministic():
 def test_cosine_check_by_hand_and_non_finite_output():
     expected = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
     got = np.array([[1.0, 1.0], [0.0, 2.0]], np.float32)  # cosines 1/sqrt(2) and 1
-    check = precision.cosine_check(got, expected)
+    check = cosine_check(got, expected)
     assert check["min_cosine"] == pytest.approx(2**-0.5) and check["mean_cosine"] == pytest.approx((2**-0.5 + 1) / 2)
-    assert np.isnan(precision.cosine_check(np.array([[np.inf, 0.0]], np.float32), expected[:1])["min_cosine"])
+    assert np.isnan(cosine_check(np.array([[np.inf, 0.0]], np.float32), expected[:1])["min_cosine"])
 
 
 def test_half_and_int8_export_checked_scored_and_summarised(run_copy, trained):
@@ -159,7 +171,7 @@ def test_half_and_int8_export_checked_scored_and_summarised(run_copy, trained):
     assert summary.files["int8"].check["min_cosine"] >= precision.INT8_MIN_COSINE
     assert summary.files["fp32"].recall_at_1 == pytest.approx(summary.reference["recall_at_1"], abs=1e-6)
     # the run's own data: its training split (3 classes x 8 images after the validation carve-out), test classes untouched
-    assert summary.calibration == {"data": str(trained.data), "split": "train", "default": False, "available": 24, "images": 24,
+    assert summary.calibration.to_dict() == {"data": str(trained.data), "split": "train", "default": False, "available": 24, "images": 24,
                                    "int8_for": "tensorrt"}
     assert summary.warnings and "fewer than 300" in summary.warnings[0]
     int8_graph = onnx.load(str(summary.files["int8"].path)).graph
@@ -180,7 +192,7 @@ def test_int8_for_cpu_is_u8s8_with_int32_biases_and_trt_rejects_it_while_the_def
         initializers = {init.name: init for init in graph.initializer}
         zero_points = [initializers[node.input[2]] for node in graph.node if node.op_type == "QuantizeLinear"]
         assert zero_points and {z.data_type for z in zero_points} == {activation}
-        assert read_metadata(summary.files["int8"].path)["int8_for"] == runs_on == summary.calibration["int8_for"]
+        assert read_metadata(summary.files["int8"].path)["int8_for"] == runs_on == summary.calibration.int8_for
         assert summary.files["int8"].check["min_cosine"] >= precision.INT8_MIN_COSINE
     cpu_graph = onnx.load(str(cpu.files["int8"].path)).graph
     assert any(init.data_type == TensorProto.INT32 for init in cpu_graph.initializer)  # quantized biases
@@ -208,7 +220,7 @@ def test_int8_calibrated_on_blank_images_is_broken_and_writes_nothing(run_copy, 
     with pytest.raises(ExportError, match=r"int8 model disagrees with PyTorch: min cosine 0\.\d+ < 0\.9"):
         export_onnx(run_copy, out=out / "m.onnx", int8=True, calib_data=str(blank), evaluate=False)
     assert no_leftovers(out)
-    with pytest.raises(ConfigError, match="--calib-data is only used by --int8"):
+    with pytest.raises(ConfigError, match="--calib-data needs --int8"):
         export_onnx(run_copy, calib_data=str(blank))
 
 

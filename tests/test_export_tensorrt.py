@@ -19,9 +19,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgedml.errors import ConfigError, ExportError, ModelError
+from edgedml.export import engine as engine_export
 from edgedml.export import tensorrt as trt_export
 from edgedml.export.deepstream import deepstream_normalization, write_deepstream_configs
-from edgedml.export.runtime import ModelInfo, load_embedder
+from edgedml.export.engine import resolve_workspace
+from edgedml.export.load import load_embedder
+from edgedml.export.runtime import ModelInfo
 from edgedml.export.tensorrt import (
     BatchRange,
     GpuInfo,
@@ -30,7 +33,6 @@ from edgedml.export.tensorrt import (
     make_sidecar,
     plan_precision,
     read_sidecar,
-    resolve_workspace,
     sidecar_path,
 )
 from edgedml.export.trt_ops import SUPPORTED_OPS, check_tensorrt_ops
@@ -190,6 +192,7 @@ def exported(run_copy):
 def on_this_gpu(monkeypatch):
     """Pretend this CPU machine has the Orin's GPU, and run "engines" with onnxruntime on the ONNX they name."""
     monkeypatch.setattr(trt_export, "current_gpu", lambda index=0: GPU)
+    monkeypatch.setattr(engine_export, "current_gpu", lambda index=0: GPU)
 
     def run_fake_engine(self, batch):
         onnx_path = self.path.read_bytes().decode().split(":", 1)[1]
@@ -279,7 +282,7 @@ def test_workspace_from_the_option_or_a_quarter_of_a_profiles_free_memory():
 
 def test_export_engine_writes_a_checked_engine_and_a_sidecar_naming_tensorrt_and_the_gpu(run_copy, on_this_gpu, tmp_path):
     trt = fake_tensorrt("10.3.0")
-    result = trt_export.export_engine(
+    result = engine_export.export_engine(
         run_copy, batch=BatchRange.dynamic(8), workspace="256MiB", timing_cache=tmp_path / "t.cache", deepstream=True, trt=trt,
     )
     assert result.path == run_copy / "model.engine" and result.path.read_bytes().startswith(b"FAKE-ENGINE:")
@@ -304,7 +307,7 @@ def test_export_engine_writes_a_checked_engine_and_a_sidecar_naming_tensorrt_and
 
 
 def test_an_engine_for_another_gpu_or_tensorrt_version_is_refused_with_rebuild_advice(run_copy, on_this_gpu, monkeypatch):
-    result = trt_export.export_engine(run_copy, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=fake_tensorrt("10.3.0"))
+    result = engine_export.export_engine(run_copy, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=fake_tensorrt("10.3.0"))
     sys.modules["tensorrt"] = fake_tensorrt("10.7.0")
     try:
         with pytest.raises(ModelError, match=r"TensorRT 10.3.0 for NVIDIA Jetson Orin Nano .* TensorRT 10.7.0 .*rebuild it on this device"):
@@ -320,7 +323,7 @@ def test_an_engine_for_another_gpu_or_tensorrt_version_is_refused_with_rebuild_a
 
 def test_a_sidecar_that_describes_another_engine_or_none_at_all_is_refused(run_copy, on_this_gpu):
     trt = fake_tensorrt()
-    result = trt_export.export_engine(run_copy, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=trt)
+    result = engine_export.export_engine(run_copy, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=trt)
     result.path.write_bytes(b"FAKE-ENGINE:" + str(run_copy / "model.onnx").encode() + b" ")  # rebuilt behind edgedml's back
     with pytest.raises(ModelError, match="describes another engine"):
         trt_export.TensorRTEmbedder(result.path, trt=trt)
@@ -338,7 +341,7 @@ def test_check_compatible_accepts_the_same_version_and_gpu():
 
 def test_tensorrt11_export_builds_from_the_fp16_onnx(run_copy, on_this_gpu):
     trt = fake_tensorrt("11.0.0")
-    result = trt_export.export_engine(run_copy, half=True, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=trt)
+    result = engine_export.export_engine(run_copy, half=True, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=trt)
     assert trt.calls["parsed"] == str(run_copy / "model.fp16.onnx") and trt.calls["flags"] == []
     sidecar = read_sidecar(result.path)
     assert sidecar["precision"] == "fp16" and sidecar["onnx"]["precision"] == "fp16" and sidecar["builder"]["strongly_typed"]
@@ -519,11 +522,11 @@ def _real_tensorrt_missing() -> str | None:
 
 @pytest.mark.skipif(_real_tensorrt_missing() is not None, reason=str(_real_tensorrt_missing()))
 def test_real_engine_matches_onnxruntime(run_copy, tmp_path):
-    result = trt_export.export_engine(run_copy, batch=BatchRange.dynamic(8), timing_cache=tmp_path / "t.cache")
+    result = engine_export.export_engine(run_copy, batch=BatchRange.dynamic(8), timing_cache=tmp_path / "t.cache")
     embedder = load_embedder(result.path)
     images = np.random.default_rng(0).normal(size=(13, 3, 16, 16)).astype(np.float32)
     expected = load_embedder(run_copy / "model.onnx").embed(images)
     np.testing.assert_allclose(embedder.embed(images), expected, atol=2e-3)
     assert result.check["min_cosine"] >= 0.9999
-    rebuilt = trt_export.export_engine(run_copy, batch=BatchRange.dynamic(8), timing_cache=tmp_path / "t.cache")
+    rebuilt = engine_export.export_engine(run_copy, batch=BatchRange.dynamic(8), timing_cache=tmp_path / "t.cache")
     assert read_sidecar(rebuilt.path)["builder"]["timing_cache_reused"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from edgedml.retrieval import recall_and_map, retrieval_metrics
+from edgedml.metrics import recall_and_map, retrieval_metrics
 
 
 def on_circle(degrees: list[float]) -> torch.Tensor:

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from edgedml.config import TrainConfig
 from edgedml.errors import NonFiniteLossError, TrainingInterrupted
-from edgedml.training import TrainCallbacks, Trainer
+from edgedml.progress import Progress
+from edgedml.training import Trainer
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 6  # 24 training images in batches of 2 classes x 2 images
@@ -54,14 +55,39 @@ def metric_records(run: Path) -> list[dict]:
     return records
 
 
-class CtrlCAt(TrainCallbacks):
+class StepWatcher(Progress):
+    """Turns the trainer's progress reports back into ``on_step(epoch, step)`` after each step (epoch
+    0-based, step 1-based within it) and ``on_epoch_end(epoch)`` (1-based) after each epoch."""
+
+    position = 0
+    epochs_ended = 0
+
+    def stage(self, description, total=None, done=0):
+        if description == "train":
+            self.position = done
+
+    def advance(self, count=1, status=None):
+        self.position += count
+        epoch, step = divmod(self.position - 1, STEPS_PER_EPOCH)
+        self.on_step(epoch, step + 1)
+
+    def note(self, message):
+        self.epochs_ended += 1
+        self.on_epoch_end(self.epochs_ended)
+
+    def on_step(self, epoch, step): ...
+
+    def on_epoch_end(self, epoch): ...
+
+
+class CtrlCAt(StepWatcher):
     """Sends SIGINT to this process once, right after step ``step`` (1-based) of epoch ``epoch`` (0-based)."""
 
     def __init__(self, epoch: int, step: int):
         self.at = (epoch, step)
         self.sent = False
 
-    def on_step(self, epoch: int, step: int, loss: float, images_per_s: float) -> None:
+    def on_step(self, epoch: int, step: int) -> None:
         if (epoch, step) == self.at and not self.sent:
             self.sent = True
             os.kill(os.getpid(), signal.SIGINT)
@@ -115,8 +141,8 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_weights(uninterrupted, share
 
 
 def test_second_ctrl_c_aborts_without_saving(shared_image_folder, tmp_path, caplog):
-    class CtrlCTwice(TrainCallbacks):
-        def on_step(self, epoch, step, loss, images_per_s):
+    class CtrlCTwice(StepWatcher):
+        def on_step(self, epoch, step):
             if (epoch, step) == (0, 2):
                 os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGINT)
@@ -136,16 +162,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shared_image_f
     run = tmp_path / "run"
     bad_step = STEPS_PER_EPOCH + 1  # 0-based global step: epoch 2, step 2
 
-    class Watch(TrainCallbacks):
+    class Watch(StepWatcher):
         last_after_epoch_1: tuple[bytes, int] | None = None
         params_before_bad_step: dict[str, torch.Tensor] | None = None
 
-        def on_step(self, epoch, step, loss, images_per_s):
+        def on_step(self, epoch, step):
             if trainer.progress.global_step == bad_step:  # the next step is the bad one
                 self.params_before_bad_step = {k: p.detach().clone() for k, p in trainer.model.named_parameters()}
 
-        def on_epoch_end(self, record):
-            if record["epoch"] == 1:
+        def on_epoch_end(self, epoch):
+            if epoch == 1:
                 last = run / "last.safetensors"
                 self.last_after_epoch_1 = (last.read_bytes(), last.stat().st_mtime_ns)
 
@@ -190,16 +216,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shared_image_f
 def test_ctrl_c_through_the_cli_exits_130_with_the_resume_command(
     cli, image_folder, tiny_train_options, tmp_path, monkeypatch
 ):
-    from edgedml.cli.progress import RichTrainProgress
+    from edgedml.cli.progress import RichProgress
 
-    on_step = RichTrainProgress.on_step
+    advance = RichProgress.advance
+    steps = []
 
-    def on_step_then_ctrl_c(self, epoch, step, loss, images_per_s):
-        on_step(self, epoch, step, loss, images_per_s)
-        if (epoch, step) == (0, 2):
+    def advance_then_ctrl_c(self, count=1, status=None):
+        advance(self, count, status)
+        steps.append(status)
+        if len(steps) == 2:  # epoch 1, step 2
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(RichTrainProgress, "on_step", on_step_then_ctrl_c)
+    monkeypatch.setattr(RichProgress, "advance", advance_then_ctrl_c)
     run = tmp_path / "run"
     result = cli("train", "--data", image_folder, "--out", run, *tiny_train_options)
     assert result.exit_code == 130, str(result)
@@ -208,7 +236,7 @@ def test_ctrl_c_through_the_cli_exits_130_with_the_resume_command(
     assert "Traceback" not in result.output
     assert checkpoint_progress(run / "last.safetensors")["step"] == 2
 
-    monkeypatch.setattr(RichTrainProgress, "on_step", on_step)
+    monkeypatch.setattr(RichProgress, "advance", advance)
     result = cli("train", "--resume", run, "--json")
     assert result.exit_code == 0, str(result)
     assert json.loads(result.stdout)["epochs"] == 2

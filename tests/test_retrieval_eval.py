@@ -8,7 +8,8 @@ import onnx
 import pytest
 
 from edgedml.errors import ConfigError
-from edgedml.training.evaluate import evaluate_model, evaluate_run
+from edgedml.retrieval.evaluate import evaluate_model
+from edgedml.training.evaluate import evaluate_run
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgedml.errors import ConfigError, DataError, ModelError
+from edgedml.progress import Progress
 from edgedml.retrieval import GalleryIndex, build_index, search
 from edgedml.retrieval.index import META_FILE, PARTIAL_DIR
 
@@ -81,7 +82,7 @@ def test_append_equals_a_fresh_build(model, trained, tmp_path):
     first = write_manifest(tmp_path / "first.csv", folder_rows(trained.data, range(3)))
     appended, fresh = tmp_path / "appended", tmp_path / "fresh"
     assert build_index(model, str(first), appended).count == 30
-    summary = build_index(model, str(trained.data), appended, append=True)
+    summary = build_index(model, str(trained.data), appended, mode="append")
     assert (summary.added, summary.count) == (30, 60)  # the first 30 were not embedded again
     build_index(model, str(trained.data), fresh)
     a, f = GalleryIndex.open(appended), GalleryIndex.open(fresh)
@@ -90,7 +91,7 @@ def test_append_equals_a_fresh_build(model, trained, tmp_path):
     queries = [trained.data / "class1" / "0.png", trained.data / "class5" / "9.png"]
     for got, expected in zip(search(appended, queries, top_k=8), search(fresh, queries, top_k=8), strict=True):
         assert [(h.id, h.path) for h in got.hits] == [(h.id, h.path) for h in expected.hits]
-    nothing_new = build_index(model, str(trained.data), appended, append=True)
+    nothing_new = build_index(model, str(trained.data), appended, mode="append")
     assert (nothing_new.added, nothing_new.count) == (0, 60)
     assert json.loads((appended / META_FILE).read_text())["generation"] == 2  # nothing rewritten
 
@@ -101,7 +102,7 @@ def test_append_with_another_model_is_refused(model, trained, tmp_path):
     before = snapshot(out)
     other = export_fp32(trained.run, tmp_path / "fixed.onnx", batch=4)  # same weights, another file
     with pytest.raises(ModelError, match="not the model that built the index"):
-        build_index(other, str(trained.data), out, append=True)
+        build_index(other, str(trained.data), out, mode="append")
     assert snapshot(out) == before
 
 
@@ -112,18 +113,23 @@ def test_interrupted_build_keeps_the_old_index_and_resumes(model, trained, tmp_p
     before = snapshot(out)
     batches = []
 
-    def interrupt_on_third_batch(count: int) -> None:
-        batches.append(count)
-        if len(batches) == 3:
-            raise KeyboardInterrupt
+    class InterruptOnThirdBatch(Progress):
+        def advance(self, count=1, status=None):
+            batches.append(count)
+            if len(batches) == 3:
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_index(model, str(trained.data), out, overwrite=True, batch_size=8, chunk_size=16, on_batch=interrupt_on_third_batch)
+        build_index(model, str(trained.data), out, mode="overwrite", batch_size=8, chunk_size=16, progress=InterruptOnThirdBatch())
     assert snapshot(out) == before and GalleryIndex.open(out).count == 20  # the previous index, untouched
     assert len(list((out / PARTIAL_DIR).glob("chunk-*.npz"))) == 1  # the first chunk of 16 images was kept
     starts = []
-    resumed = build_index(model, str(trained.data), out, overwrite=True, batch_size=8, chunk_size=16,
-                          on_start=lambda total, done: starts.append((total, done)))
+
+    class RecordStart(Progress):
+        def stage(self, description, total=None, done=0):
+            starts.append((total, done))
+
+    resumed = build_index(model, str(trained.data), out, mode="overwrite", batch_size=8, chunk_size=16, progress=RecordStart())
     assert starts == [(60, 16)] and resumed.resumed == 16 and resumed.count == 60
     assert not (out / PARTIAL_DIR).exists() and sorted(p.name for p in out.iterdir()) == ["index.2.faiss", "index.json", "manifest.2.csv"]
     build_index(model, str(trained.data), tmp_path / "fresh")
@@ -212,9 +218,11 @@ def test_an_index_from_a_newer_format_is_refused(cli, model, trained, tmp_path):
         GalleryIndex.open(tmp_path)
 
 
-def test_option_errors(model, trained, tmp_path):
-    with pytest.raises(ConfigError, match="exclude each other"):
-        build_index(model, str(trained.data), tmp_path / "a", append=True, overwrite=True)
+def test_option_errors(model, trained, tmp_path, cli):
+    both = cli("index", model, "--gallery", trained.data, "--out", tmp_path / "a", "--append", "--overwrite")
+    assert both.exit_code == 2 and "exclude each other" in both.output
+    with pytest.raises(ConfigError, match="index mode 'replace' is not one of new, append, overwrite"):
+        build_index(model, str(trained.data), tmp_path / "a", mode="replace")
     with pytest.raises(ConfigError, match="--split 'everything'"):
         build_index(model, str(trained.data), tmp_path / "b", split="everything")
     with pytest.raises(ConfigError, match="--nprobe applies to ivf"):

@@ -14,7 +14,7 @@ MARGIN = 0.2
 
 
 def loop_delta(anchor: torch.Tensor, other: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """δ(a, x) = | ‖a‖ − a·x/‖a‖ |, straight from the definition (METHODS.md §1)."""
+    """δ(a, x) = | ‖a‖ − a·x/‖a‖ |, straight from the definition (docs/methods.md §1)."""
     if normalize:
         anchor, other = anchor / anchor.norm(), other / other.norm()
     norm = anchor.norm()
@@ -132,7 +132,7 @@ def test_hand_computed_value_in_two_dimensions():
 
 
 def test_normalized_shadow_equals_pytorch_metric_learning_cosine_triplet():
-    """With unit vectors δ = 1 − cos, so Shadow is the cosine triplet hinge (METHODS.md §1)."""
+    """With unit vectors δ = 1 − cos, so Shadow is the cosine triplet hinge (docs/methods.md §1)."""
     emb, labels = batch(seed=6, size=16, dim=8, classes=4)
     emb = emb.float()
     for mining in ("all", "hard", "semihard"):

@@ -10,17 +10,14 @@ from __future__ import annotations
 import gc
 
 import torch
-import torch.nn.functional as F
 
 from edgedml.config import TrainConfig
+from edgedml.models import build_model
+from edgedml.objective import StepOutputs, build_network, build_objective, make_optimizer
 
 
 def measure_cuda_peak(config: TrainConfig, input_size: int, batch_size: int, memory_size: int = 0) -> int:
     """Peak bytes allocated by one steady-state training step on ``cuda`` (persistent state included)."""
-    from edgedml.models import build_model
-    from edgedml.training.objective import StepOutputs, build_network, build_objective
-    from edgedml.training.trainer import make_optimizer
-
     device = torch.device("cuda")
     gc.collect()
     torch.cuda.empty_cache()
@@ -29,11 +26,8 @@ def measure_cuda_peak(config: TrainConfig, input_size: int, batch_size: int, mem
     network = build_network(config, build_model(config.backbone, config.dim)).to(device)
     optimizer = make_optimizer(network, config)
     objective = build_objective(config, memory_size).to(device)
-    memory = objective.memory_loss
-    if memory is not None:
-        stored = F.normalize(torch.randn(memory_size, config.dim, device=device), dim=1)
-        memory.memory.enqueue(stored, torch.randint(0, max(2, memory_size // config.samples_per_class), (memory_size,), device=device))
-        memory.iteration.fill_(memory.warmup_iters)
+    if objective.memory_loss is not None:
+        objective.memory_loss.fill_at_random(memory_size, config.samples_per_class)
     images = torch.randn(batch_size, 3, input_size, input_size, device=device)
     labels = torch.arange(batch_size, device=device) // config.samples_per_class
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp)

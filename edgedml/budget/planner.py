@@ -26,19 +26,23 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from edgedml.budget.device import DeviceMemory
-from edgedml.budget.trace import AllocationTimeline
-from edgedml.config import TrainConfig
+from edgedml.budget.probes import probe_device
+from edgedml.budget.profiles import load_profile
+from edgedml.budget.trace import AllocationTimeline, running_peak
+from edgedml.config import AUTO, MAX_BATCH, TrainConfig, load_run_config
 from edgedml.errors import ConfigError
+from edgedml.memory import resolve_memory_size
+from edgedml.models import build_model
+from edgedml.objective import StepOutputs, build_network, build_objective, make_optimizer
+from edgedml.units import format_bytes, parse_bytes
 
 log = logging.getLogger(__name__)
-
-MAX_BATCH = 4096
 
 
 @dataclass
@@ -103,11 +107,6 @@ class StepTracer:
     """
 
     def __init__(self, config: TrainConfig, input_size: int):
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        from edgedml.models import build_model
-        from edgedml.training.objective import build_network
-
         self.config = config
         self.input_size = input_size
         self.device = _trace_device()
@@ -116,7 +115,7 @@ class StepTracer:
             self.network = build_network(config, build_model(config.backbone, config.dim))
             if self.device != "cpu":
                 self.network = self.network.to(self.device)
-            self.optimizer = _optimizer(self.network, config)
+            self.optimizer = make_optimizer(self.network, config)
             self._model_step(config.samples_per_class * 2)  # creates the optimizer state
         self.parameters = _tensor_bytes(self.network.parameters())
         self.buffers = _tensor_bytes(self.network.buffers())
@@ -170,21 +169,13 @@ class StepTracer:
             deltas = [a + (b - a) * (batch_size - small) // (large - small) for a, b in zip(first, second, strict=True)]
         else:
             deltas, mark = self._trace_model_step(batch_size)
-        live, peak = 0, 0
-        for index, delta in enumerate(deltas):
-            if index == mark:
-                activations = live
-            live += delta
-            peak = max(peak, live)
-        activations = live if mark >= len(deltas) else activations
+        activations, peak = sum(deltas[:mark]), running_peak(deltas)
         images_bytes = batch_size * 3 * self.input_size**2 * 4
         self._model_cache[batch_size] = (activations, peak + images_bytes)
         return self._model_cache[batch_size]
 
     def _trace_loss_step(self, batch_size: int, memory_size: int) -> tuple[int, list[int]]:
         """(memory bank bytes, the objective's signed allocation sizes in order), on real tensors."""
-        from edgedml.training.objective import StepOutputs, build_objective
-
         objective = build_objective(self.config, memory_size)
         generator = torch.Generator().manual_seed(0)
         per_class = self.config.samples_per_class
@@ -192,9 +183,7 @@ class StepTracer:
         bank_bytes = 0
         memory = objective.memory_loss
         if memory is not None:
-            stored = F.normalize(torch.randn(memory_size, self.config.dim, generator=generator), dim=1)
-            memory.memory.enqueue(stored, torch.randint(0, max(2, memory_size // per_class), (memory_size,), generator=generator))
-            memory.iteration.fill_(memory.warmup_iters)
+            memory.fill_at_random(memory_size, per_class, generator)
             bank_bytes = _tensor_bytes(memory.memory.buffers())
         heads = self.network.aux_heads
         outputs = StepOutputs(
@@ -224,7 +213,7 @@ class StepTracer:
                 deltas = _lagrange([(b, d) for b, (_, d) in samples], batch_size)
             else:
                 bank, deltas = dict(samples)[batch_size] if samples is not None else self._trace_loss_step(batch_size, memory_size)
-            peak = _prefix_peak(deltas)
+            peak = running_peak(deltas)
             if self.teacher is not None:  # its no-grad forward runs inside the objective, the student's activations alive
                 peak += self.teacher.forward_peak(batch_size)
             self._loss_cache[key] = (bank, peak)
@@ -256,14 +245,6 @@ class StepTracer:
         )
 
 
-def _prefix_peak(deltas: list[int]) -> int:
-    live = peak = 0
-    for delta in deltas:
-        live += delta
-        peak = max(peak, live)
-    return peak
-
-
 def _lagrange(samples: list[tuple[int, list[int]]], x: int) -> list[int]:
     """Each event's size at ``x`` from its sizes at the sample points (exact for polynomials of degree < len(samples))."""
     weights = []
@@ -281,11 +262,8 @@ class _FakeTeacher:
     """A ``--teacher`` run's model on fake tensors: its weight bytes and its inference peak."""
 
     def __init__(self, run_dir: str, fake_mode, device: str):
-        from edgedml.models import build_model
-        from edgedml.training.run import RunDir
-
-        teacher_config = RunDir(Path(run_dir)).load_config()
-        self.input_size = teacher_config.input_size or 128
+        teacher_config = load_run_config(run_dir)
+        self.input_size = teacher_config.input_size
         self.fake_mode = fake_mode
         with fake_mode:
             self.model = build_model(teacher_config.backbone, teacher_config.dim).eval()
@@ -298,12 +276,6 @@ class _FakeTeacher:
         with self.fake_mode, torch.no_grad(), AllocationTimeline() as timeline:
             self.model(torch.empty(batch_size, 3, self.input_size, self.input_size, device=self.device))
         return timeline.peak_bytes() + batch_size * 3 * self.input_size**2 * 4
-
-
-def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    from edgedml.training.trainer import make_optimizer
-
-    return make_optimizer(model, config)
 
 
 # ---- fitting to a budget ---------------------------------------------------------------
@@ -397,7 +369,7 @@ def plan_training(
     tracer = tracer or StepTracer(config, input_size)
     per_class = config.samples_per_class
     memory_on = config.memory != "none"
-    memory_size = 0 if (auto_memory or not memory_on) else _fixed_memory_size(config, train_images)
+    memory_size = 0 if (auto_memory or not memory_on) else resolve_memory_size(float(config.memory_size), train_images)
     batch_size = config.batch_size if not auto_batch else None
     if auto_batch:
         share = Budget(budget.available // 2 if auto_memory and memory_on else budget.available, budget.fixed, budget.safety_margin, budget.source)
@@ -420,12 +392,6 @@ def plan_training(
     return Plan(batch_size, memory_size, estimate, budget, time.perf_counter() - started)
 
 
-def _fixed_memory_size(config: TrainConfig, train_images: int) -> int:
-    from edgedml.memory import resolve_memory_size
-
-    return resolve_memory_size(float(config.memory_size), train_images)
-
-
 def _nothing_fits(smallest: StepEstimate, budget: Budget, option: str) -> None:
     need = budget.required(smallest)
     raise ConfigError(
@@ -436,43 +402,13 @@ def _nothing_fits(smallest: StepEstimate, budget: Budget, option: str) -> None:
     )
 
 
-# ---- sizes ----------------------------------------------------------------------------
-
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def parse_bytes(text: str) -> int:
-    """``2.5GiB``, ``800MiB``, ``3GB``, ``1073741824`` -> bytes."""
-    cleaned = text.strip().lower().replace(" ", "")
-    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = cleaned[len(number) :] or "b"
-    try:
-        value = float(number)
-    except ValueError:
-        value = -1.0
-    if unit not in _UNITS or value <= 0:
-        raise ConfigError(f"--budget {text!r} is not a size", hint="write e.g. 2.5GiB, 800MiB or 3GB")
-    return int(value * _UNITS[unit])
-
-
-def format_bytes(value: float) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(value) >= size:
-            return f"{value / size:.2f} {unit}"
-    return f"{int(value)} B"
-
-
 # ---- from a training configuration ---------------------------------------------------------
 
 
 def device_for(config: TrainConfig) -> DeviceMemory:
     """The device a configuration is planned for: its ``--profile``, or the machine in hand."""
     if config.profile is not None:
-        from edgedml.budget.profiles import load_profile
-
         return load_profile(config.profile)
-    from edgedml.budget.probes import probe_device
-
     return probe_device()
 
 
@@ -485,8 +421,8 @@ def plan_for_config(config: TrainConfig, input_size: int, train_images: int, tra
         budget,
         input_size,
         train_images,
-        auto_batch=config.batch_size == "auto",
-        auto_memory=config.memory_size == "auto",
+        auto_batch=config.batch_size == AUTO,
+        auto_memory=config.memory_size == AUTO,
         train_classes=train_classes,
     )
     log.info(

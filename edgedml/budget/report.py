@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,14 @@ from typing import Any
 import torch
 
 from edgedml.budget.device import DeviceMemory
-from edgedml.budget.planner import Budget, StepTracer, device_for, format_bytes, make_budget, parse_bytes, plan_training
+from edgedml.budget.measure import fit_line, measure_cuda_peak
+from edgedml.budget.planner import Budget, StepTracer, device_for, make_budget, plan_training
 from edgedml.config import AUTO, TrainConfig
+from edgedml.data import class_disjoint_split, load_source
 from edgedml.errors import ConfigError
 from edgedml.io import write_json, write_text, write_with
+from edgedml.memory import resolve_memory_size
+from edgedml.units import format_bytes, parse_bytes
 
 log = logging.getLogger(__name__)
 MIB = 1 << 20
@@ -61,8 +64,6 @@ class Report:
 
 def training_set_size(config: TrainConfig) -> tuple[int, int, int]:
     """(training images, training classes, default input size) of the config's data, without decoding any image."""
-    from edgedml.data import class_disjoint_split, load_source
-
     source = load_source(config.data)
     splits = class_disjoint_split(source.samples, config.train_classes, config.val_fraction, config.seed)
     return len(splits.train), len(splits.train_classes), source.default_input_size
@@ -86,7 +87,7 @@ def build_report(config: TrainConfig, measure: bool = True) -> Report:
     except ConfigError as exc:
         failure = exc.message
         batch_size = config.samples_per_class * 2 if config.batch_size == AUTO else config.batch_size
-        memory_size = 0 if config.memory == "none" else (batch_size if config.memory_size == AUTO else _memory_count(config, train_images))
+        memory_size = 0 if config.memory == "none" else (batch_size if config.memory_size == AUTO else resolve_memory_size(float(config.memory_size), train_images))
     batch_curve = _batch_curve(tracer, budget, config.samples_per_class, batch_size, memory_size)
     memory_curve = _memory_curve(tracer, budget, batch_size, memory_size, train_images) if config.memory != "none" else []
     measured = _measured(config, input_size, tracer, memory_size) if measure and torch.cuda.is_available() else []
@@ -96,19 +97,11 @@ def build_report(config: TrainConfig, measure: bool = True) -> Report:
 
 def _line_check(measured: list[dict[str, Any]], tracer: StepTracer, batch_size: int, memory_size: int) -> dict[str, float]:
     """Fit the measured peaks against batch size and compare the line at the chosen batch with the prediction."""
-    from edgedml.budget.measure import fit_line
-
     intercept, slope = fit_line([(m["batch_size"], m["measured"]) for m in measured])
     extrapolated = intercept + slope * batch_size
     predicted = tracer.estimate(batch_size, memory_size).peak
     return {"intercept": intercept, "slope": slope, "batch_size": batch_size, "line_at_batch": extrapolated,
             "predicted_at_batch": predicted, "error": predicted / extrapolated - 1.0}
-
-
-def _memory_count(config: TrainConfig, train_images: int) -> int:
-    from edgedml.memory import resolve_memory_size
-
-    return resolve_memory_size(float(config.memory_size), train_images)
 
 
 def _point(tracer: StepTracer, budget: Budget, batch_size: int, memory_size: int) -> dict[str, int]:
@@ -128,8 +121,6 @@ def _memory_curve(tracer, budget, batch_size: int, chosen: int, train_images: in
 
 
 def _measured(config: TrainConfig, input_size: int, tracer: StepTracer, memory_size: int) -> list[dict[str, Any]]:
-    from edgedml.budget.measure import measure_cuda_peak
-
     rows = []
     for batch_size in (config.samples_per_class * 2, config.samples_per_class * 4, config.samples_per_class * 8):
         measured = measure_cuda_peak(config, input_size, batch_size, memory_size)
@@ -266,6 +257,3 @@ def _curve_row(point: dict[str, int], budget: Budget) -> str:
     fits = "yes" if point["required"] <= budget.available else "no"
     return f"| {point['batch_size']} | {point['memory_size']} | {point['peak'] / MIB:.1f} | {point['required'] / MIB:.1f} | {fits} |"
 
-
-def read_report(out_dir: Path) -> dict[str, Any]:
-    return json.loads((out_dir / "report.json").read_text(encoding="utf-8"))

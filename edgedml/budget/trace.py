@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -79,24 +80,19 @@ class AllocationTimeline(TorchDispatchMode):
         """Bytes alive after the first ``until`` events (all of them by default)."""
         return sum(delta for _, delta in self.events[:until])
 
-    def peak_between(self, start: int, stop: int | None = None) -> int:
-        """The highest live byte count reached between two marks."""
-        current = self.live_bytes(start)
-        peak = current
-        for _, delta in self.events[start:stop]:
-            current += delta
-            peak = max(peak, current)
-        return peak
-
     def deltas(self) -> list[int]:
         """The signed byte changes, in order."""
         return [delta for _, delta in self.events]
 
     def peak_bytes(self, exclude: set[int] | frozenset[int] = frozenset()) -> int:
-        current = peak = 0
-        for key, delta in self.events:
-            if key in exclude:
-                continue
-            current += delta
-            peak = max(peak, current)
-        return peak
+        """The highest live byte count, leaving out the storages in ``exclude``."""
+        return running_peak(delta for key, delta in self.events if key not in exclude)
+
+
+def running_peak(deltas: Iterable[int]) -> int:
+    """The highest running sum of signed allocation sizes (0 if it never rises above the start)."""
+    live = peak = 0
+    for delta in deltas:
+        live += delta
+        peak = max(peak, live)
+    return peak

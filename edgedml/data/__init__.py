@@ -1,8 +1,9 @@
 """Data sources, class-disjoint splits, P x K sampling, plain-torch transforms."""
 
 from edgedml.data import glyphs as _glyphs  # noqa: F401  registers the glyphs source
-from edgedml.data.dataset import ImageDataset, collate_skip_bad, sample_seed
-from edgedml.data.images import load_image, scan_samples
+from edgedml.data.dataset import ImageDataset, class_indices, collate_skip_bad, embed_images, sample_seed
+from edgedml.data.folder import write_gallery_and_queries
+from edgedml.data.images import check_image, load_image, scan_samples
 from edgedml.data.prepare import PreparedData, prepare_data
 from edgedml.data.sampler import PKSampler
 from edgedml.data.sources import Sample, Source, load_source, named_sources
@@ -17,7 +18,10 @@ __all__ = [
     "Source",
     "Splits",
     "class_disjoint_split",
+    "check_image",
+    "class_indices",
     "collate_skip_bad",
+    "embed_images",
     "eval_transform",
     "load_image",
     "load_source",
@@ -26,4 +30,5 @@ __all__ = [
     "sample_seed",
     "scan_samples",
     "train_transform",
+    "write_gallery_and_queries",
 ]

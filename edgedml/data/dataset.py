@@ -8,13 +8,16 @@ batch by :func:`collate_skip_bad`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from edgedml.data.images import DECODE_ERRORS, load_image
 from edgedml.data.sources import Sample
 from edgedml.data.transforms import Compose, pil_to_tensor
+from edgedml.progress import SILENT, Progress
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +60,39 @@ def collate_skip_bad(items: list[Item | None]) -> tuple[torch.Tensor, torch.Tens
 def sample_seed(run_seed: int, epoch: int, batch: int, position: int) -> int:
     """A distinct, reproducible augmentation seed for each slot of each batch of each epoch."""
     return ((run_seed * 1_000_003 + epoch) * 1_000_033 + batch) * 4_099 + position & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def embed_images(
+    embed: Callable[[torch.Tensor], np.ndarray],
+    samples: list[Sample],
+    transform: Compose,
+    dim: int,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: Progress = SILENT,
+) -> tuple[np.ndarray, list[int]]:
+    """Decode, preprocess and ``embed`` ``samples`` batch by batch: the one loop every model runtime shares.
+
+    Returns the (M, dim) float32 embeddings of the M images that decoded and their indices into
+    ``samples`` (unreadable images are logged and skipped). ``progress.advance(n)`` after each batch.
+    """
+    dataset = ImageDataset(samples, {s.label: 0 for s in samples}, transform)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skip_bad, num_workers=workers)
+    embeddings: list[np.ndarray] = []
+    kept: list[int] = []
+    for batch_index, batch in enumerate(loader):
+        if batch is not None:
+            images, _, indices = batch
+            embeddings.append(np.asarray(embed(images), dtype=np.float32))
+            kept.extend(int(i) for i in indices)
+        progress.advance(min(batch_size, len(samples) - batch_index * batch_size))
+    if not embeddings:
+        return np.zeros((0, dim), np.float32), []
+    return np.concatenate(embeddings), kept
+
+
+def class_indices(samples: list[Sample], kept: list[int] | None = None) -> torch.Tensor:
+    """Integer labels (classes numbered in sorted order of their names) of ``samples``, or of its ``kept`` rows."""
+    class_to_index = {name: i for i, name in enumerate(sorted({s.label for s in samples}))}
+    rows = range(len(samples)) if kept is None else kept
+    return torch.tensor([class_to_index[samples[i].label] for i in rows], dtype=torch.long)

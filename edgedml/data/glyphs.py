@@ -1,7 +1,7 @@
 """The ``glyphs`` data source: characters rendered in the typefaces that ship inside matplotlib.
 
 Many classes with few images each, like Stanford Online Products: the small-batch regime in which a
-cross-batch memory pays off (METHODS.md §2), since a batch of 16 to 64 images holds only a few of the
+cross-batch memory pays off (docs/methods.md §2), since a batch of 16 to 64 images holds only a few of the
 hundreds of classes. One class per character (Latin letters and digits, ASCII punctuation, Latin-1 and
 some Latin Extended-A letters, Greek, math symbols); one clean image per font that really contains the
 character, plus ``copies`` mildly augmented ones (rotation, scale, shift). Everything is rendered in

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,7 +67,3 @@ def scan_samples(samples: list[Sample]) -> ScanResult:
             hint="fix or remove the unreadable files listed in the warning",
         )
     return result
-
-
-def class_counts(samples: list[Sample]) -> Counter:
-    return Counter(s.label for s in samples)

@@ -1,4 +1,4 @@
-"""S2SD: simultaneous similarity-based self-distillation (Roth et al., ICML 2021, seed 004; METHODS.md §4).
+"""S2SD: simultaneous similarity-based self-distillation (Roth et al., ICML 2021, seed 004; docs/methods.md §4).
 
 Auxiliary heads on the backbone's pooled features, ``Linear(F, t) -> ReLU -> Linear(t, t)`` and L2
 normalization, one per target dimension t (one head: DSD; several: MSD), each trained with its own

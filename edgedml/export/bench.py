@@ -30,9 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
+import torch
 
+from edgedml.config import MAX_BATCH
 from edgedml.errors import ConfigError
-from edgedml.export.runtime import Embedder, load_embedder
+from edgedml.export.load import load_embedder
+from edgedml.export.runtime import Embedder
+from edgedml.progress import SILENT, Progress
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,6 @@ DEFAULT_BATCHES = (1, 8, 32)
 DEFAULT_WARMUP = 5
 DEFAULT_SECONDS = 2.0  # per batch size, when no iteration count is given
 MIN_ITERATIONS = 10  # a time budget still times at least this many calls
-MAX_BATCH = 4096
 PERCENTILES = (50, 90, 99)
 INPUT_SEED = 0
 
@@ -165,10 +169,10 @@ def time_calls(
     count: int | None = None,
     budget_s: float | None = None,
     clock: Clock = time.perf_counter,
-    on_call: Callable[[], None] | None = None,
+    progress: Progress = SILENT,
 ) -> list[float]:
     """Durations in seconds of ``count`` calls of ``embedder.embed(images)``, or of as many as fit ``budget_s``
-    (at least MIN_ITERATIONS). ``on_call()`` runs after each call, outside the timed span."""
+    (at least MIN_ITERATIONS). ``progress.advance()`` after each call, outside the timed span."""
     if (count is None) == (budget_s is None):
         raise ValueError("give exactly one of count and budget_s")
     durations: list[float] = []
@@ -178,8 +182,7 @@ def time_calls(
         embedder.embed(images)
         durations.append(clock() - started)
         spent += durations[-1]
-        if on_call is not None:
-            on_call()
+        progress.advance()
     return durations
 
 
@@ -195,8 +198,6 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    import torch
-
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -216,9 +217,6 @@ def open_model(path: str | Path, runtime: str | None = None, device: str = "cpu"
 
 def environment(threads: int | None) -> dict[str, Any]:
     """What a reader needs to compare timings across machines."""
-    import onnxruntime
-    import torch
-
     return {
         "machine": platform.machine(),
         "processor": platform.processor(),
@@ -240,12 +238,12 @@ def bench(
     threads: int | None = None,
     device: str = "cpu",
     clock: Clock = time.perf_counter,
-    on_call: Callable[[int], None] | None = None,
+    progress: Progress = SILENT,
 ) -> BenchResult:
     """Time ``embedder`` at each batch size (warm-up first, not counted).
 
-    ``on_call(batch)`` runs after every timed call (progress); ``threads`` sets PyTorch's threads for
-    the duration (give the same number to :func:`open_model` for onnxruntime).
+    Each batch size is a ``progress`` stage counting its timed calls; ``threads`` sets PyTorch's threads
+    for the duration (give the same number to :func:`open_model` for onnxruntime).
     """
     plan = plan or BenchPlan()
     sizes = resolve_batches(embedder, batches)
@@ -259,8 +257,8 @@ def bench(
         for batch in sizes:
             images = bench_inputs(embedder, batch)
             warm_up(embedder, images, plan.warmup)
-            callback = None if on_call is None else (lambda b=batch: on_call(b))
-            seconds = time_calls(embedder, images, plan.iterations, plan.budget_s, clock, callback)
+            progress.stage(f"batch {batch}", total=plan.iterations)
+            seconds = time_calls(embedder, images, plan.iterations, plan.budget_s, clock, progress)
             timing = BatchTiming.from_seconds(batch, seconds)
             log.info("%s batch %d: p50 %.2f ms, %.0f images/s", embedder.path, batch, timing.p50_ms, timing.images_per_s)
             result.timings.append(timing)

@@ -30,19 +30,23 @@ import onnx
 import torch
 
 from edgedml import __version__
-from edgedml.data import ImageDataset, Sample, eval_transform, load_source, prepare_data
+from edgedml.config import MAX_BATCH, TrainConfig
+from edgedml.data import ImageDataset, PreparedData, Sample, class_indices, eval_transform, load_source, prepare_data
 from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgedml.errors import ConfigError, DataError, ExportError
 from edgedml.export import precision
+from edgedml.export.formats import check_export_options
 from edgedml.export.runtime import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeEmbedder, embed_samples
 from edgedml.io import atomic_path
-from edgedml.training.evaluate import load_run_model
-from edgedml.training.run import RunDir, config_hash
+from edgedml.metrics import cosine_check, recall_and_map
+from edgedml.models import EmbeddingModel
+from edgedml.progress import SILENT, Progress
+from edgedml.training import RunDir, config_hash, load_run_model
+from edgedml.training import embed_samples as embed_with_torch
 
 log = logging.getLogger(__name__)
 
 FP32_TOLERANCE = 1e-4
-MAX_BATCH = 4096
 CHECK_IMAGES = 32
 
 
@@ -77,7 +81,7 @@ class ExportSummary:
     summary_path: Path
     reference: dict[str, float] | None = None  # PyTorch's recall_at_1 / map_at_r on the same test images
     test_images: int = 0
-    calibration: dict[str, Any] | None = None  # int8: source, images, whether it was the default
+    calibration: Calibration | None = None  # int8: which images calibrated it
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -90,18 +94,26 @@ class ExportSummary:
             "run_dir": str(self.run_dir), "files": {name: f.to_dict() for name, f in self.files.items()},
             "batch": self.batch, "opset": self.opset, "checked_images": self.checked_images, "seconds": self.seconds,
             "metadata": self.metadata, "summary_path": str(self.summary_path), "reference": self.reference,
-            "test_images": self.test_images, "calibration": self.calibration, "warnings": self.warnings,
+            "test_images": self.test_images, "calibration": self.calibration.to_dict() if self.calibration else None,
+            "warnings": self.warnings,
         }
 
 
-class ExportCallbacks:
-    """Progress hooks for a display; the defaults do nothing."""
+@dataclass
+class Calibration:
+    """The int8 calibration images: where they came from and how many were used."""
 
-    def on_stage(self, description: str, total: int | None = None) -> None:
-        """A new step starts; ``total`` images will be reported through ``on_advance`` (None: no count)."""
+    data: str  # the --calib-data spec (or the run's own data)
+    split: str  # "train": the run's training split; "all": every image of another source
+    default: bool  # True when --calib-data was not given
+    available: int  # images in that pool
+    images: int  # images chosen (at most precision.CALIBRATION_CAP); after calibration, those that decoded
+    int8_for: str  # one of edgedml.export.formats.INT8_TARGETS
+    samples: list[Sample] = field(default_factory=list, repr=False)
 
-    def on_advance(self, count: int) -> None:
-        """``count`` more images of the current step are done."""
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": self.data, "split": self.split, "default": self.default, "available": self.available,
+                "images": self.images, "int8_for": self.int8_for}
 
 
 def model_metadata(run_dir: Path, dim: int, input_size: int, config, batch: int | None = None, precision: str = "fp32") -> dict[str, str]:
@@ -132,7 +144,7 @@ def check_images(run_dir: Path, count: int = CHECK_IMAGES) -> torch.Tensor:
     """Up to ``count`` preprocessed test-split images of the run's own data: (N, 3, H, W)."""
     config = RunDir(run_dir).load_config()
     prepared = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed)
-    return _check_images(run_dir, prepared.splits.test, config.input_size or prepared.default_input_size, count)
+    return _check_images(run_dir, prepared.splits.test, config.input_size, count)
 
 
 def _check_images(run_dir: Path, test: list[Sample], input_size: int, count: int = CHECK_IMAGES) -> torch.Tensor:
@@ -154,7 +166,7 @@ def export_onnx(
     int8: bool = False,
     calib_data: str | None = None,
     evaluate: bool = True,
-    callbacks: ExportCallbacks | None = None,
+    progress: Progress = SILENT,
     int8_for: str = "tensorrt",
 ) -> ExportSummary:
     """Export ``run_dir``'s model to ONNX in fp32 (plus fp16 and int8 copies), verify each, write all or nothing.
@@ -168,70 +180,87 @@ def export_onnx(
     onnxruntime's fast path on x86; TensorRT rejects it).
     """
     started = time.perf_counter()
-    callbacks = callbacks or ExportCallbacks()
     run_dir = Path(run_dir)
-    if batch is not None and not 1 <= batch <= MAX_BATCH:
-        raise ConfigError(f"--batch {batch} must lie in 1..{MAX_BATCH}", hint="or use --dynamic")
-    if calib_data is not None and not int8:
-        raise ConfigError("--calib-data is only used by --int8", hint="add --int8, or drop --calib-data")
-    if int8_for not in precision.INT8_TARGETS:
-        raise ConfigError(f"--int8-for {int8_for!r} is not one of {', '.join(precision.INT8_TARGETS)}")
-    target = Path(out) if out is not None else run_dir / "model.onnx"
-    if target.suffix != ".onnx":
-        raise ConfigError(f"--out {target}: an ONNX file must end in .onnx")
+    target = _check_options(out, run_dir, batch, int8, calib_data, int8_for)
     targets = {"fp32": target} | {name: target.with_name(f"{target.stem}.{name}.onnx") for name, wanted in (("fp16", half), ("int8", int8)) if wanted}
     model, config = load_run_model(run_dir, checkpoint, device="cpu")
-    callbacks.on_stage("reading the run's data")
+    progress.stage("reading the run's data")
     prepared = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed)
-    input_size = config.input_size or prepared.default_input_size
-    images = _check_images(run_dir, prepared.splits.test, input_size)
-    calibration, calibration_samples = _calibration(calib_data, config, prepared) if int8 else (None, [])
-    metadata = model_metadata(run_dir, config.dim, input_size, config, batch)
-    with torch.no_grad():
-        expected = model(images).numpy()
+    images = _check_images(run_dir, prepared.splits.test, config.input_size)
+    calibration = _calibration(calib_data, config, prepared, int8_for) if int8 else None
+    metadata = model_metadata(run_dir, config.dim, config.input_size, config, batch)
     summary_path = target.parent / "export.json"
     with ExitStack() as stack:  # entered first, renamed last: export.json appears only beside finished files
         summary_tmp = stack.enter_context(atomic_path(summary_path))
         tmp = {name: stack.enter_context(atomic_path(path)) for name, path in targets.items()}
-        files: dict[str, ExportedFile] = {}
-        step = time.perf_counter()
-        callbacks.on_stage("exporting fp32")
-        _export_graph(model, images, tmp["fp32"], opset, batch, metadata)
-        max_diff = verify_onnx(tmp["fp32"], model, images, FP32_TOLERANCE)
-        files["fp32"] = _exported(targets["fp32"], tmp["fp32"], "fp32", step, {"max_abs_diff": max_diff})
+        files = {"fp32": _export_fp32(model, images, tmp["fp32"], targets["fp32"], opset, batch, metadata, progress)}
+        with torch.no_grad():
+            expected = model(images).numpy()
         if half:
-            step = time.perf_counter()
-            callbacks.on_stage("converting to fp16")
-            precision.convert_fp16(tmp["fp32"], tmp["fp16"], metadata | {"precision": "fp16"})
-            check = _check_reduced(tmp["fp16"], images, expected, "fp16", precision.FP16_MIN_COSINE)
-            files["fp16"] = _exported(targets["fp16"], tmp["fp16"], "fp16", step, check)
+            files["fp16"] = _export_fp16(tmp["fp32"], tmp["fp16"], targets["fp16"], images, expected, metadata, progress)
         warning_lines: list[str] = []
-        if int8:
-            step = time.perf_counter()
-            callbacks.on_stage("calibrating int8", total=len(calibration_samples))
-            reader = precision.ImageCalibrationReader(
-                calibration_samples, input_size, IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, batch, callbacks.on_advance
-            )
-            precision.quantize_int8(tmp["fp32"], tmp["int8"], reader, metadata | {"precision": "int8", "int8_for": int8_for}, int8_for)
-            calibration["images"] = reader.used
-            calibration["int8_for"] = int8_for
-            if reader.used < precision.CALIBRATION_WARN:
-                warning_lines.append(f"int8 calibrated on {reader.used} images (fewer than {precision.CALIBRATION_WARN}): its ranges may not cover the images it will see")
-                log.warning("%s", warning_lines[-1])
-            check = _check_reduced(tmp["int8"], images, expected, "int8", precision.INT8_MIN_COSINE)
-            files["int8"] = _exported(targets["int8"], tmp["int8"], "int8", step, check)
+        if calibration is not None:
+            files["int8"] = _export_int8(tmp["fp32"], tmp["int8"], targets["int8"], images, expected, metadata, calibration,
+                                         config.input_size, batch, progress, warning_lines)
         reference, scored = None, 0
         if evaluate:
-            reference, scored = _score(model, prepared.splits.test, input_size, files, tmp, callbacks, warning_lines)
-        graph_opset = next(entry.version for entry in onnx.load(str(tmp["fp32"]), load_external_data=False).opset_import if entry.domain in ("", "ai.onnx"))
+            reference, scored = _score(model, prepared.splits.test, config.input_size, files, tmp, progress, warning_lines)
         summary = ExportSummary(
-            run_dir, files, batch, graph_opset, len(images), time.perf_counter() - started, metadata, summary_path,
+            run_dir, files, batch, _graph_opset(tmp["fp32"]), len(images), time.perf_counter() - started, metadata, summary_path,
             reference, scored, calibration, warning_lines,
         )
         summary_tmp.write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for exported in files.values():
         log.info("exported %s (%.2f MiB, %s)", exported.path, exported.size_bytes / 2**20, exported.check)
     return summary
+
+
+def _check_options(out: str | Path | None, run_dir: Path, batch: int | None, int8: bool, calib_data: str | None, int8_for: str) -> Path:
+    """Refuse what cannot work before any work (the format table's rules, the batch range); the fp32 file's path."""
+    check_export_options("onnx", {"batch": batch, "int8": int8, "calib_data": calib_data, "int8_for": int8_for if int8 else None})
+    if batch is not None and not 1 <= batch <= MAX_BATCH:
+        raise ConfigError(f"--batch {batch} must lie in 1..{MAX_BATCH}", hint="or use --dynamic")
+    target = Path(out) if out is not None else run_dir / "model.onnx"
+    if target.suffix != ".onnx":
+        raise ConfigError(f"--out {target}: an ONNX file must end in .onnx")
+    return target
+
+
+def _export_fp32(model: EmbeddingModel, images: torch.Tensor, written: Path, final: Path, opset: int | None, batch: int | None,
+                 metadata: dict[str, str], progress: Progress) -> ExportedFile:
+    started = time.perf_counter()
+    progress.stage("exporting fp32")
+    _export_graph(model, images, written, opset, batch, metadata)
+    max_diff = verify_onnx(written, model, images, FP32_TOLERANCE)
+    return _exported(final, written, "fp32", started, {"max_abs_diff": max_diff})
+
+
+def _export_fp16(fp32: Path, written: Path, final: Path, images: torch.Tensor, expected: np.ndarray, metadata: dict[str, str],
+                 progress: Progress) -> ExportedFile:
+    started = time.perf_counter()
+    progress.stage("converting to fp16")
+    precision.convert_fp16(fp32, written, metadata | {"precision": "fp16"})
+    check = _check_reduced(written, images, expected, "fp16", precision.FP16_MIN_COSINE)
+    return _exported(final, written, "fp16", started, check)
+
+
+def _export_int8(fp32: Path, written: Path, final: Path, images: torch.Tensor, expected: np.ndarray, metadata: dict[str, str],
+                 calibration: Calibration, input_size: int, batch: int | None, progress: Progress,
+                 warning_lines: list[str]) -> ExportedFile:
+    started = time.perf_counter()
+    progress.stage("calibrating int8", total=len(calibration.samples))
+    reader = precision.ImageCalibrationReader(calibration.samples, input_size, IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, batch, progress)
+    precision.quantize_int8(fp32, written, reader, metadata | {"precision": "int8", "int8_for": calibration.int8_for}, calibration.int8_for)
+    calibration.images = reader.used
+    if reader.used < precision.CALIBRATION_WARN:
+        warning_lines.append(f"int8 calibrated on {reader.used} images (fewer than {precision.CALIBRATION_WARN}): its ranges may not cover the images it will see")
+        log.warning("%s", warning_lines[-1])
+    check = _check_reduced(written, images, expected, "int8", precision.INT8_MIN_COSINE)
+    return _exported(final, written, "int8", started, check)
+
+
+def _graph_opset(path: Path) -> int:
+    return next(entry.version for entry in onnx.load(str(path), load_external_data=False).opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def _exported(final: Path, written: Path, precision_name: str, started: float, check: dict[str, float]) -> ExportedFile:
@@ -241,7 +270,7 @@ def _exported(final: Path, written: Path, precision_name: str, started: float, c
 def _check_reduced(path: Path, images: torch.Tensor, expected: np.ndarray, precision_name: str, floor: float) -> dict[str, float]:
     """Per-embedding cosine of a reduced-precision file against PyTorch; ExportError below ``floor`` or non-finite."""
     got = OnnxRuntimeEmbedder(path, ["CPUExecutionProvider"]).embed(images.numpy())
-    check = precision.cosine_check(got, expected)
+    check = cosine_check(got, expected)
     if not check["min_cosine"] >= floor:  # NaN (non-finite output) fails too
         hint = "export without --half" if precision_name == "fp16" else "calibrate on images like the ones it will embed (--calib-data), or use --half"
         raise ExportError(
@@ -252,14 +281,12 @@ def _check_reduced(path: Path, images: torch.Tensor, expected: np.ndarray, preci
     return check
 
 
-def _calibration(calib_data: str | None, config, prepared) -> tuple[dict[str, Any], list[Sample]]:
+def _calibration(calib_data: str | None, config: TrainConfig, prepared: PreparedData, int8_for: str) -> Calibration:
     """The int8 calibration images: the run's training split (its own data), or all of another source."""
     own = calib_data is None or _same_data(calib_data, config.data)
     pool = prepared.splits.train if own else load_source(calib_data).samples
     chosen = precision.pick_calibration(pool)
-    info = {"data": calib_data or config.data, "split": "train" if own else "all", "default": calib_data is None,
-            "available": len(pool), "images": len(chosen)}
-    return info, chosen
+    return Calibration(calib_data or config.data, "train" if own else "all", calib_data is None, len(pool), len(chosen), int8_for, chosen)
 
 
 def _same_data(spec: str, run_data: str) -> bool:
@@ -269,15 +296,11 @@ def _same_data(spec: str, run_data: str) -> bool:
     return first.exists() and second.exists() and first.resolve() == second.resolve()
 
 
-def _score(model, test: list[Sample], input_size: int, files: dict[str, ExportedFile], written: dict[str, Path],
-           callbacks: ExportCallbacks, warning_lines: list[str]) -> tuple[dict[str, float] | None, int]:
+def _score(model: EmbeddingModel, test: list[Sample], input_size: int, files: dict[str, ExportedFile], written: dict[str, Path],
+           progress: Progress, warning_lines: list[str]) -> tuple[dict[str, float] | None, int]:
     """Recall@1 and MAP@R on the test classes: PyTorch's (the reference) and each file's, through onnxruntime."""
-    from edgedml.retrieval import recall_and_map
-    from edgedml.training.evaluate import embed_samples as embed_with_torch
-
-    class_index = {name: i for i, name in enumerate(sorted({s.label for s in test}))}
-    labels = torch.tensor([class_index[s.label] for s in test])
-    callbacks.on_stage("Recall@1 of PyTorch on the test classes")
+    labels = class_indices(test)
+    progress.stage("Recall@1 of PyTorch on the test classes")
     torch_embeddings, torch_labels = embed_with_torch(model, test, input_size, torch.device("cpu"))
     try:
         recall, map_at_r, _ = recall_and_map(torch_embeddings, torch_labels, ks=(1,))
@@ -285,8 +308,8 @@ def _score(model, test: list[Sample], input_size: int, files: dict[str, Exported
         warning_lines.append(f"Recall@1 not measured: {exc.message}")
         return None, 0
     for name, exported in files.items():
-        callbacks.on_stage(f"Recall@1 of {name} on the test classes", total=len(test))
-        embeddings, kept = embed_samples(OnnxRuntimeEmbedder(written[name], ["CPUExecutionProvider"]), test, on_batch=callbacks.on_advance)
+        progress.stage(f"Recall@1 of {name} on the test classes", total=len(test))
+        embeddings, kept = embed_samples(OnnxRuntimeEmbedder(written[name], ["CPUExecutionProvider"]), test, progress=progress)
         file_recall, file_map, _ = recall_and_map(torch.from_numpy(embeddings), labels[kept], ks=(1,))
         exported.recall_at_1, exported.map_at_r = file_recall[1], file_map
     return {"recall_at_1": recall[1], "map_at_r": map_at_r}, len(torch_labels)

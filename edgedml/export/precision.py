@@ -23,14 +23,20 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.float16 import convert_float_to_float16
+from torch.utils.data import DataLoader
 
+from edgedml.data import ImageDataset, collate_skip_bad, eval_transform
 from edgedml.errors import DataError, ExportError
+from edgedml.export.formats import INT8_TARGETS
+from edgedml.progress import SILENT, Progress
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,6 @@ INT8_MIN_COSINE = 0.9
 CALIBRATION_CAP = 1000
 CALIBRATION_WARN = 300
 CALIBRATION_BATCH = 32
-INT8_TARGETS = ("tensorrt", "cpu")
 
 
 def normalization_nodes(model: onnx.ModelProto) -> list[str]:
@@ -83,8 +88,6 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 def convert_fp16(source: Path, target: Path, metadata: dict[str, str]) -> list[str]:
     """Write an fp16 copy of ``source`` to ``target`` (fp32 I/O, normalization in fp32); return the fp32 nodes."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     model = onnx.shape_inference.infer_shapes(onnx.load(str(source)))
     blocked = normalization_nodes(model)
     keep_fp32_between(model, blocked)
@@ -98,29 +101,24 @@ class ImageCalibrationReader(CalibrationDataReader):
     """Feeds preprocessed calibration images to onnxruntime's calibrator, decoding one batch at a time.
 
     A fixed-batch model gets batches of exactly its size (the last one filled with the images it
-    already holds, so no blank image skews the ranges). ``on_batch(n)`` reports progress.
+    already holds, so no blank image skews the ranges). ``progress.advance(n)`` after each batch.
     """
 
     def __init__(self, samples: list, input_size: int, mean, std, input_name: str, batch: int | None,
-                 on_batch: Callable[[int], None] | None = None):
+                 progress: Progress = SILENT):
         self.samples = samples
         self.input_size, self.mean, self.std = input_size, mean, std
         self.input_name = input_name
         self.batch = batch
-        self.on_batch = on_batch
+        self.progress = progress
         self.used = 0
         self._batches: Iterator[np.ndarray] | None = None
 
     def _iterate(self) -> Iterator[np.ndarray]:
-        from torch.utils.data import DataLoader
-
-        from edgedml.data import ImageDataset, collate_skip_bad, eval_transform
-
         dataset = ImageDataset(self.samples, {s.label: 0 for s in self.samples}, eval_transform(self.input_size, self.mean, self.std))
         loader = DataLoader(dataset, batch_size=self.batch or CALIBRATION_BATCH, collate_fn=collate_skip_bad)
         for start, loaded in zip(range(0, len(self.samples), loader.batch_size), loader, strict=True):
-            if self.on_batch is not None:
-                self.on_batch(min(loader.batch_size, len(self.samples) - start))
+            self.progress.advance(min(loader.batch_size, len(self.samples) - start))
             if loaded is None:
                 continue
             images = loaded[0].numpy()
@@ -152,9 +150,6 @@ def quantize_int8(
     """
     if runs_on not in INT8_TARGETS:
         raise ExportError(f"--int8-for {runs_on!r} is not one of {', '.join(INT8_TARGETS)}")
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     with tempfile.TemporaryDirectory(prefix="edgedml-int8-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         # symbolic shape inference cannot follow the normalization's Expand; onnx's own inference can
@@ -175,13 +170,3 @@ def quantize_int8(
     set_metadata(quantized, metadata)
     onnx.save(quantized, str(target))
     return excluded
-
-
-def cosine_check(got: np.ndarray, expected: np.ndarray) -> dict[str, float]:
-    """Per-embedding cosine similarity between ``got`` and ``expected`` (N, D): min and mean (NaN if non-finite)."""
-    if not np.isfinite(got).all():
-        return {"min_cosine": float("nan"), "mean_cosine": float("nan")}
-    dots = (got * expected).sum(axis=1)
-    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
-    cosine = dots / np.maximum(norms, 1e-12)
-    return {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}

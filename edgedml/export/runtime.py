@@ -7,8 +7,8 @@ a dynamic one in chunks of at most ``max_batch``. ``embed_samples`` runs one ove
 :class:`~edgedml.data.Sample` with the preprocessing the model was trained with, skipping and
 reporting unreadable images, so ``eval``, ``index``, ``search`` and ``bench`` share one path.
 
-``load_embedder`` picks the runtime from the file: ``*.onnx`` -> onnxruntime, ``*.engine`` /
-``*.plan`` -> TensorRT, a run directory (``config.yaml``) -> PyTorch.
+The TensorRT embedder (``edgedml.export.tensorrt``) derives from :class:`BatchedEmbedder` too;
+``edgedml.export.load`` opens any model file with the runtime it needs.
 """
 
 from __future__ import annotations
@@ -16,17 +16,20 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
+from edgedml.data import Sample, embed_images, eval_transform
+from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgedml.errors import ConfigError, ExportError, ModelError
+from edgedml.progress import SILENT, Progress
+from edgedml.training import config_hash, load_run_model
 
-RUNTIMES = ("torch", "onnxruntime", "tensorrt")
-ENGINE_SUFFIXES = (".engine", ".plan")
 INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
 
 
@@ -154,105 +157,30 @@ class TorchEmbedder(BatchedEmbedder):
     runtime = "torch"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu"):
-        import torch
-
-        from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-        from edgedml.training.evaluate import load_run_model
-        from edgedml.training.run import config_hash
-
-        self.torch = torch
         self.model, config = load_run_model(run_dir, checkpoint, device)
         self.device = next(self.model.parameters()).device
-        input_size = config.input_size
-        if input_size is None:
-            from edgedml.data.prepare import prepare_data
-
-            input_size = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed).default_input_size
         info = ModelInfo(
-            dim=config.dim, input_size=input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            dim=config.dim, input_size=config.input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
             config_hash=config_hash(config), backbone=config.backbone,
         )
         super().__init__(Path(run_dir), info)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            return self.model(self.torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-
-
-def runtime_for(path: str | Path) -> str:
-    """The runtime a model file needs, from its name (a run directory needs PyTorch)."""
-    path = Path(path)
-    if path.is_dir():
-        return "torch"
-    if path.suffix == ".onnx":
-        return "onnxruntime"
-    if path.suffix in ENGINE_SUFFIXES:
-        return "tensorrt"
-    raise ConfigError(
-        f"{path}: not a model edgedml can run",
-        hint="give a run directory, an .onnx file or a TensorRT .engine/.plan file",
-    )
-
-
-def load_embedder(
-    path: str | Path, runtime: str | None = None, device: str = "cpu", checkpoint: str = "best", threads: int | None = None
-) -> Embedder:
-    """Open ``path`` with ``runtime`` (default: the one its file type needs).
-
-    ``threads``: onnxruntime's intra-op threads (PyTorch's are process-wide: ``torch.set_num_threads``).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such model file or run directory")
-    needed = runtime_for(path)
-    runtime = runtime or needed
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
-    if runtime != needed:
-        raise ConfigError(f"--runtime {runtime} cannot run {path}", hint=f"{path.name} needs --runtime {needed}")
-    if runtime == "torch":
-        return TorchEmbedder(path, checkpoint, device)
-    if runtime == "onnxruntime":
-        providers = None
-        if device == "cpu":
-            providers = ["CPUExecutionProvider"]
-        return OnnxRuntimeEmbedder(path, providers, threads=threads)
-    from edgedml.export.tensorrt import TensorRTEmbedder
-
-    return TensorRTEmbedder(path)
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
 
 def embed_samples(
-    embedder: Embedder,
-    samples: list,
-    batch_size: int = 64,
-    on_batch: Callable[[int], None] | None = None,
+    embedder: Embedder, samples: list[Sample], batch_size: int = 64, progress: Progress = SILENT
 ) -> tuple[np.ndarray, list[int]]:
-    """Embed ``samples`` (a list of :class:`~edgedml.data.Sample`) with the model's own preprocessing.
+    """Embed ``samples`` with the model's own preprocessing (its input size, mean and std).
 
     Returns the (M, dim) embeddings and the indices into ``samples`` of the M images that decoded
-    (unreadable ones are logged and skipped). ``on_batch(n)`` is called after each batch of n samples.
+    (unreadable ones are logged and skipped); ``progress.advance(n)`` after each batch of n samples.
     """
-    from torch.utils.data import DataLoader
-
-    from edgedml.data import ImageDataset, collate_skip_bad, eval_transform
-
     info = embedder.info
-    dataset = ImageDataset(samples, {s.label: 0 for s in samples}, eval_transform(info.input_size, info.mean, info.std))
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skip_bad)
-    embeddings: list[np.ndarray] = []
-    kept: list[int] = []
-    for batch_index, batch in enumerate(loader):
-        size = min(batch_size, len(samples) - batch_index * batch_size)
-        if batch is not None:
-            images, _, indices = batch
-            embeddings.append(embedder.embed(images.numpy()))
-            kept.extend(int(i) for i in indices)
-        if on_batch is not None:
-            on_batch(size)
-    if not embeddings:
-        return np.zeros((0, info.dim), np.float32), []
-    return np.concatenate(embeddings), kept
+    transform = eval_transform(info.input_size, info.mean, info.std)
+    return embed_images(lambda images: embedder.embed(images.numpy()), samples, transform, info.dim, batch_size, progress=progress)
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -14,25 +14,31 @@ workspace limit and a timing cache kept between builds. Precision follows the Te
 the batch range, the builder settings and the model's metadata; ``TensorRTEmbedder`` reads it first and
 refuses an engine built for another GPU or TensorRT version, saying to rebuild on this device. The
 runtime uses TensorRT's name-based tensor API with PyTorch CUDA tensors as device buffers.
-``tensorrt`` is imported only when an engine is built or run.
+``tensorrt`` is imported only when an engine is built or run. The whole export (ONNX, operator
+check, build, checked write, DeepStream) is ``edgedml.export.engine``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+import torch
 
 from edgedml import __version__
+from edgedml.config import MAX_BATCH
 from edgedml.errors import ConfigError, ExportError, ModelError
 from edgedml.export.runtime import INPUT_NAME, OUTPUT_NAME, BatchedEmbedder, ModelInfo
-from edgedml.io import atomic_path, write_json, write_with
+from edgedml.io import write_with
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +46,6 @@ SIDECAR_FORMAT = "edgedml-tensorrt-engine"
 SIDECAR_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_BATCH = 32
-MAX_BATCH = 4096
-# Without --workspace: a quarter of the memory the device (or --profile) leaves free after the CUDA context.
-# TensorRT's own default is the whole device memory, which on a Jetson (memory shared with the OS) can
-# starve the board during a build; a quarter leaves room for the tactics' buffers of the other builds,
-# the engine itself and the application, and is far above what embedding backbones need.
-WORKSPACE_FRACTION = 0.25
-MIN_WORKSPACE = 64 << 20
-# The engine is run on the run's check images and compared with the fp32 ONNX (onnxruntime, CPU), with
-# the thresholds of the ONNX precision checks (edgedml.export.precision): fp32 engines may use TF32 on
-# Ampere and newer, hence 0.9999 and not 1e-6; below 0.9 an int8 model is broken, not merely lossy.
-ENGINE_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.9}
 JETSON_MARKER = Path("/etc/nv_tegra_release")
 
 
@@ -85,8 +80,6 @@ class GpuInfo:
 
 def current_gpu(index: int = 0) -> GpuInfo:
     """The CUDA device engines are built for and run on (through PyTorch)."""
-    import torch
-
     if not torch.cuda.is_available():
         raise ExportError(
             "no CUDA device: TensorRT engines are built and run on an NVIDIA GPU",
@@ -144,44 +137,8 @@ def plan_precision(precision: str, major: int, fp16_fallback: bool = False) -> P
     return PrecisionPlan(precision, "int8" if precision == "int8" else "fp32", False, flags)
 
 
-def parse_workspace(text: str) -> int:
-    from edgedml.budget.planner import parse_bytes
-
-    try:
-        return parse_bytes(text)
-    except ConfigError:
-        raise ConfigError(f"--workspace {text!r} is not a size", hint="write e.g. 512MiB or 2GiB") from None
-
-
-def workspace_from_device(device: Any) -> int:
-    """``WORKSPACE_FRACTION`` of what ``device`` (a ``DeviceMemory``) leaves free after the CUDA context."""
-    usable = device.free_bytes - (device.cuda_context_bytes or 0)
-    return max(MIN_WORKSPACE, int(usable * WORKSPACE_FRACTION) >> 20 << 20)
-
-
-def resolve_workspace(workspace: str | None, profile: str | None) -> tuple[int | None, str]:
-    """(bytes, where they came from) from ``--workspace``, else ``--profile``; (None, ...) means probe the device."""
-    if workspace is not None:
-        return parse_workspace(workspace), f"--workspace {workspace}"
-    if profile is not None:
-        from edgedml.budget.profiles import load_profile
-
-        return workspace_from_device(load_profile(profile)), f"{WORKSPACE_FRACTION:.0%} of profile {profile}'s free memory"
-    return None, "device"
-
-
-def probe_workspace() -> tuple[int, str]:
-    from edgedml.budget.probes import probe_device
-
-    device = probe_device()
-    return workspace_from_device(device), f"{WORKSPACE_FRACTION:.0%} of {device.name}'s free memory"
-
-
 def default_timing_cache(tensorrt_version: str, gpu: GpuInfo) -> Path:
     """One timing cache per TensorRT version and GPU, shared by every build on this machine."""
-    import os
-    import re
-
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgedml" / "tensorrt"
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu.name}-sm{gpu.compute_capability}-trt{tensorrt_version}").strip("-")
     return root / f"{slug}.timing-cache"
@@ -327,8 +284,6 @@ def make_sidecar(build: EngineBuild, gpu: GpuInfo, onnx_path: Path, metadata: di
 
 
 def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
-    import json
-
     path = sidecar_path(engine_path)
     if not path.is_file():
         raise ConfigError(
@@ -368,8 +323,6 @@ class TensorRTEmbedder(BatchedEmbedder):
     runtime = "tensorrt"
 
     def __init__(self, path: str | Path, sidecar: dict[str, Any] | None = None, trt: ModuleType | None = None, device_index: int = 0):
-        import torch
-
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such TensorRT engine", hint="build one with edgedml export RUN_DIR --format engine")
@@ -382,7 +335,6 @@ class TensorRTEmbedder(BatchedEmbedder):
                 f"{path}: {sidecar_path(path).name} describes another engine (rebuilt or copied without its sidecar)",
                 hint="rebuild it on this device: edgedml export RUN_DIR --format engine",
             )
-        self.torch = torch
         self.device = torch.device("cuda", device_index)
         self.trt_runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.trt_runtime.deserialize_cuda_engine(data)
@@ -403,7 +355,6 @@ class TensorRTEmbedder(BatchedEmbedder):
         self.sidecar = sidecar
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        torch = self.torch
         count = len(batch)
         if count < self.min_batch:  # a profile whose smallest batch is above this chunk: pad it
             batch = np.concatenate([batch, np.zeros((self.min_batch - count, *batch.shape[1:]), batch.dtype)])
@@ -420,150 +371,7 @@ class TensorRTEmbedder(BatchedEmbedder):
 
 
 def torch_dtype(trt: ModuleType, data_type: Any) -> Any:
-    import torch
-
     table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
     if data_type not in table:
         raise ModelError(f"engine tensor type {data_type} is not float32 or float16")
     return table[data_type]
-
-
-# ---- the whole export -----------------------------------------------------------------------------
-
-
-@dataclass
-class EngineExport:
-    """What ``export_engine`` wrote and measured."""
-
-    path: Path
-    sidecar: Path
-    size_bytes: int
-    precision: str
-    onnx_path: Path
-    tensorrt_version: str
-    gpu: GpuInfo
-    batch: BatchRange
-    workspace_bytes: int | None
-    workspace_source: str
-    timing_cache: Path | None
-    build_seconds: float
-    check: dict[str, float]
-    deepstream: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path), "sidecar": str(self.sidecar), "size_bytes": self.size_bytes, "precision": self.precision,
-            "onnx": str(self.onnx_path), "tensorrt_version": self.tensorrt_version, "gpu": self.gpu.to_dict(),
-            "batch": self.batch.to_dict(), "workspace_bytes": self.workspace_bytes, "workspace_source": self.workspace_source,
-            "timing_cache": str(self.timing_cache) if self.timing_cache else None, "build_seconds": self.build_seconds,
-            "check": self.check, "deepstream": self.deepstream,
-        }
-
-
-def engine_paths(run_dir: Path, out: str | Path | None) -> tuple[Path, Path]:
-    """(engine, fp32 ONNX) paths: ``RUN/model.engine`` + ``RUN/model.onnx``, or ``X.engine`` + ``X.onnx``."""
-    engine = Path(out) if out is not None else run_dir / "model.engine"
-    if engine.suffix not in (".engine", ".plan"):
-        raise ConfigError(f"--out {engine}: a TensorRT engine must end in .engine or .plan")
-    return engine, engine.with_suffix(".onnx")
-
-
-def export_engine(
-    run_dir: str | Path,
-    out: str | Path | None = None,
-    half: bool = False,
-    int8: bool = False,
-    calib_data: str | None = None,
-    batch: BatchRange | None = None,
-    workspace: str | None = None,
-    profile: str | None = None,
-    timing_cache: str | Path | None = None,
-    checkpoint: str = "best",
-    opset: int | None = None,
-    deepstream: bool = False,
-    callbacks: Any = None,
-    trt: ModuleType | None = None,
-) -> EngineExport:
-    """ONNX export (checked), operator check, engine build, run check against the ONNX, sidecar; optionally DeepStream configs.
-
-    The operator check runs before ``tensorrt`` is imported, so a machine without TensorRT learns whether
-    the graph will parse. The engine is written to a temporary file, run, and renamed only if it passed.
-    ``callbacks`` is an ``edgedml.export.onnx.ExportCallbacks`` (progress of every step).
-    """
-    from edgedml.export.onnx import ExportCallbacks, export_onnx, read_metadata
-    from edgedml.export.trt_ops import check_tensorrt_ops, describe
-
-    callbacks = callbacks or ExportCallbacks()
-    stage = callbacks.on_stage
-    run_dir = Path(run_dir)
-    engine_path, onnx_out = engine_paths(run_dir, out)
-    batch = batch or BatchRange.dynamic()
-    workspace_bytes, workspace_source = resolve_workspace(workspace, profile)
-    precision = "int8" if int8 else "fp16" if half else "fp32"
-    summary = export_onnx(
-        run_dir, onnx_out, opset=opset, batch=batch.max if batch.min == batch.max else None, checkpoint=checkpoint,
-        half=half, int8=int8, calib_data=calib_data, callbacks=callbacks,
-    )
-    stage("checking the graph against TensorRT's ONNX operators")
-    for exported in summary.files.values():
-        problems = check_tensorrt_ops(exported.path)
-        if problems:
-            raise ExportError(
-                f"{exported.path}: TensorRT's ONNX parser will reject {len(problems)} node(s): {describe(problems)}",
-                hint="change the backbone or the --opset; the ONNX file itself is fine for onnxruntime",
-            )
-    if trt is None:
-        try:
-            trt = import_tensorrt()
-        except ExportError as exc:
-            written = ", ".join(Path(f.path).name for f in summary.files.values())
-            raise ExportError(f"{exc.message}; {written} written and every operator is one TensorRT 10 parses", exc.hint) from None
-    gpu = current_gpu()
-    plan = plan_precision(precision, tensorrt_major(trt), fp16_fallback=half and int8)
-    if plan.onnx_precision not in summary.files:
-        raise ExportError(f"TensorRT {trt.__version__} builds {precision} from the {plan.onnx_precision} ONNX, which was not exported")
-    onnx_path = Path(summary.files[plan.onnx_precision].path)
-    metadata = read_metadata(onnx_path)
-    if workspace_bytes is None:
-        workspace_bytes, workspace_source = probe_workspace()
-    cache = Path(timing_cache) if timing_cache is not None else default_timing_cache(str(trt.__version__), gpu)
-    stage(f"building the {precision} TensorRT engine (TensorRT {trt.__version__}, {gpu.name}; minutes on a Jetson)")
-    build = build_engine(onnx_path, plan, batch, workspace_bytes, cache, trt=trt)
-    sidecar = make_sidecar(build, gpu, onnx_path, metadata, workspace_source)
-    stage("running the engine against the ONNX model")
-    with atomic_path(engine_path) as tmp:
-        tmp.write_bytes(build.engine)
-        check = check_engine(TensorRTEmbedder(tmp, sidecar=sidecar, trt=trt), Path(summary.files["fp32"].path), run_dir, precision)
-        sidecar["check"] = check
-    write_json(sidecar_path(engine_path), sidecar)
-    result = EngineExport(
-        path=engine_path, sidecar=sidecar_path(engine_path), size_bytes=len(build.engine), precision=precision,
-        onnx_path=onnx_path, tensorrt_version=build.tensorrt_version, gpu=gpu, batch=batch, workspace_bytes=workspace_bytes,
-        workspace_source=workspace_source, timing_cache=cache, build_seconds=build.seconds, check=check,
-    )
-    if deepstream:
-        from edgedml.export.deepstream import write_deepstream_configs
-
-        result.deepstream = write_deepstream_configs(
-            engine_path, onnx_path, ModelInfo.from_metadata(sidecar["metadata"], str(engine_path)), precision, batch.max, workspace_bytes,
-        ).to_dict()
-    return result
-
-
-def check_engine(embedder: TensorRTEmbedder, reference_onnx: Path, run_dir: Path, precision: str) -> dict[str, float]:
-    """Cosine between the engine's and the fp32 ONNX's embeddings of the run's check images."""
-    from edgedml.export.onnx import check_images
-    from edgedml.export.runtime import OnnxRuntimeEmbedder
-
-    images = check_images(run_dir).numpy()
-    reference = OnnxRuntimeEmbedder(reference_onnx, ["CPUExecutionProvider"]).embed(images)
-    got = embedder.embed(images)
-    cosine = np.sum(got * reference, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12)
-    check = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean()), "images": int(len(images))}
-    if not check["min_cosine"] >= ENGINE_MIN_COSINE[precision]:
-        raise ExportError(
-            f"the {precision} engine disagrees with the fp32 ONNX: min cosine {check['min_cosine']:.4f} < "
-            f"{ENGINE_MIN_COSINE[precision]} over {len(images)} test images; nothing was written",
-            hint="build in fp32 (or fp16) instead",
-        )
-    return check

@@ -3,7 +3,7 @@
 Autograd's backward of ``E @ E.T`` materializes two (S, D) partial gradients and adds them;
 the functions here write the gradient of the embeddings once. Norms come from the same
 products (``||a|| = sqrt(G_aa)``), which is what keeps Shadow loss memory-linear
-(METHODS.md §1).
+(docs/methods.md §1).
 """
 
 from __future__ import annotations

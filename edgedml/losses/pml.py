@@ -5,7 +5,7 @@ Each wrapper L2-normalizes the embeddings, as the models' inference output is, a
 ``--mining`` selects the triplet miner: all triplets, batch-hard, or semi-hard.
 
 Against a memory (``anchor_ref_index`` given) the pairs and triplets are built here, from the
-label masks with each anchor's own slot removed (METHODS.md §2), and stay bounded: pair losses
+label masks with each anchor's own slot removed (docs/methods.md §2), and stay bounded: pair losses
 see the (S, N) pairs; the triplet loss uses batch-hard triplets, or, for batch-all and
 semi-hard, enumerates at most ``CHUNK_TRIPLETS`` triplets at a time, accumulating gradients on a
 detached copy of the embeddings so that no chunk's graph outlives it.

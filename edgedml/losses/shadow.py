@@ -1,4 +1,4 @@
-"""Shadow loss (Khan et al., arXiv 2311.14012; METHODS.md §1): a memory-linear triplet loss.
+"""Shadow loss (Khan et al., arXiv 2311.14012; docs/methods.md §1): a memory-linear triplet loss.
 
 Similarity is the scalar projection ("shadow") of x on the anchor direction,
 ``π_a(x) = a·x / ‖a‖``, and the distance is ``δ(a,x) = |‖a‖ − π_a(x)|``; the loss is the

@@ -1,4 +1,4 @@
-"""Adapting stored embeddings to representational drift: XBN and AXBN (seed 003; METHODS.md §3).
+"""Adapting stored embeddings to representational drift: XBN and AXBN (seed 003; docs/methods.md §3).
 
 Before the loss at each iteration every stored embedding is moved, per dimension, from the
 memory's own moments to target moments::

@@ -1,4 +1,4 @@
-"""The cross-batch memory (XBM, Wang et al., CVPR 2020, seed 001; METHODS.md §2).
+"""The cross-batch memory (XBM, Wang et al., CVPR 2020, seed 001; docs/methods.md §2).
 
 A true ring buffer of the last M embeddings (detached) and their labels, held in registered
 buffers so ``.to()``, ``state_dict()`` and checkpoints carry it. Storage may be fp16 (half the

@@ -1,4 +1,4 @@
-"""A metric loss wrapped with a cross-batch memory, in the order METHODS.md §2-3 prescribes.
+"""A metric loss wrapped with a cross-batch memory, in the order docs/methods.md §2-3 states.
 
 Each iteration, once warm-up is over:
 1. adapt the stored embeddings to the current batch (XBN / AXBN) and write them back;
@@ -72,6 +72,16 @@ class CrossBatchLoss(nn.Module):
         if not self.batch_term:
             return memory_loss
         return self.loss(embeddings, labels) + self.memory_weight * memory_loss
+
+    @torch.no_grad()
+    def fill_at_random(self, count: int, samples_per_class: int, generator: torch.Generator | None = None) -> None:
+        """Fill ``count`` slots with random unit vectors and end the warm-up: the steady state in which
+        a step's memory is planned or measured. ``samples_per_class`` sets how many labels there are."""
+        device = self.memory.embeddings.device
+        stored = F.normalize(torch.randn(count, self.memory.embeddings.shape[1], generator=generator, device=device), dim=1)
+        labels = torch.randint(0, max(2, count // samples_per_class), (count,), generator=generator, device=device)
+        self.memory.enqueue(stored, labels)
+        self.iteration.fill_(self.warmup_iters)
 
     @torch.no_grad()
     def _adapt(self, batch: torch.Tensor) -> None:

@@ -1,19 +1,19 @@
-"""Retrieval: metrics, a FAISS gallery index built with an exported model, and search in it."""
+"""Retrieval with exported models: a FAISS gallery index, search in it, and evaluation of any model on its run's split."""
 
-from edgedml.retrieval.index import GalleryIndex, IndexSummary, build_index
-from edgedml.retrieval.metrics import RECALL_KS, RetrievalMetrics, recall_and_map, retrieval_metrics
+from edgedml.retrieval.evaluate import SplitSettings, evaluate_model, split_settings
+from edgedml.retrieval.index import GalleryIndex, IndexMode, IndexSummary, build_index
 from edgedml.retrieval.search import Hit, QueryResult, Searcher, search
 
 __all__ = [
-    "RECALL_KS",
     "GalleryIndex",
     "Hit",
+    "IndexMode",
     "IndexSummary",
     "QueryResult",
-    "RetrievalMetrics",
     "Searcher",
+    "SplitSettings",
     "build_index",
-    "recall_and_map",
-    "retrieval_metrics",
+    "evaluate_model",
     "search",
+    "split_settings",
 ]

@@ -27,17 +27,20 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from edgedml import __version__
-from edgedml.data.sources import Sample, Source, load_source
+from edgedml.data import Sample, Source, class_disjoint_split, load_source, scan_samples
 from edgedml.errors import ConfigError, DataError, ModelError
+from edgedml.export.load import load_embedder
+from edgedml.export.runtime import Embedder, ModelInfo, check_runtime_output, embed_samples, file_digest
 from edgedml.io import write_json, write_with
+from edgedml.progress import SILENT, Progress
+from edgedml.retrieval.evaluate import SplitSettings, split_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,10 @@ PQ_POINTS_PER_CENTROID = 64
 MIN_POINTS_PER_CELL = 39  # FAISS's k-means wants at least 39 training points per centroid
 MIN_NLIST = 4
 CHUNK_SIZE = 1024
+# What ``build_index`` does with ``out``: ``new`` refuses an existing index, ``append`` embeds only the
+# gallery's new images into it, ``overwrite`` replaces it (the old one stays until the new one is complete).
+IndexMode = Literal["new", "append", "overwrite"]
+INDEX_MODES: tuple[IndexMode, ...] = ("new", "append", "overwrite")
 
 
 @dataclass(frozen=True)
@@ -129,11 +136,8 @@ class Manifest:
 # ---------------------------------------------------------------------------------------------- gallery
 
 
-def gallery_items(spec: str, split: str = "all", settings=None) -> list[GalleryItem]:
+def gallery_items(spec: str, split: str = "all", settings: SplitSettings | None = None) -> list[GalleryItem]:
     """The images of a data spec to index: all of them, or one split made with the model's ``settings``."""
-    from edgedml.data.images import scan_samples
-    from edgedml.data.splits import class_disjoint_split
-
     if split not in GALLERY_SPLITS:
         raise ConfigError(f"--split {split!r} is not one of {', '.join(GALLERY_SPLITS)}")
     source = load_source(spec, min_classes=0) if split == "all" else load_source(spec)  # nothing is trained on a gallery
@@ -271,10 +275,17 @@ def to_cpu(index):
 
 
 class GalleryIndex:
-    """An index directory opened for reading: ``meta`` (index.json), the FAISS ``index``, the ``manifest``."""
+    """An index directory opened for reading: ``meta`` (index.json), the FAISS ``index``, the ``manifest``.
 
-    def __init__(self, root: Path, meta: dict[str, Any], index, manifest: Manifest):
+    ``device``: where searches run (``cuda``: a GPU copy, placed once when the index is opened, if this
+    faiss has GPU support); ``index`` itself stays the CPU index that ``--append`` extends and writes.
+    """
+
+    def __init__(self, root: Path, meta: dict[str, Any], index, manifest: Manifest, device: str = "cpu"):
         self.root, self.meta, self.index, self.manifest = root, meta, index, manifest
+        self.searched = on_device(index, device)
+        if self.params.type != "flat":
+            set_nprobe(self.searched, self.params.nprobe)
 
     @property
     def dim(self) -> int:
@@ -290,7 +301,7 @@ class GalleryIndex:
         return IndexParams(spec["type"], spec.get("nlist"), spec.get("nprobe"), spec.get("pq_m"), spec.get("pq_bits"))
 
     @classmethod
-    def open(cls, root: str | Path) -> GalleryIndex:
+    def open(cls, root: str | Path, device: str = "cpu") -> GalleryIndex:
         import faiss
 
         root = Path(root)
@@ -308,17 +319,15 @@ class GalleryIndex:
                 f"({meta['count']} x {meta['dim']}) disagree",
                 hint="rebuild it with edgedml index --overwrite",
             )
-        return cls(root, meta, index, manifest)
+        return cls(root, meta, index, manifest, device)
 
-    def search(self, embeddings: np.ndarray, top_k: int, nprobe: int | None = None, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    def search(self, embeddings: np.ndarray, top_k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores and row ids of the ``top_k`` nearest rows: (Q, k) each; id -1 where fewer were found."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ModelError(f"query embeddings are {embeddings.shape}, the index holds {self.dim}-d vectors")
-        index = on_device(self.index, device)
         if self.params.type != "flat":
-            set_nprobe(index, nprobe or self.params.nprobe)
-        scores, ids = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(top_k, self.count))
-        return scores, ids
+            set_nprobe(self.searched, nprobe or self.params.nprobe)
+        return self.searched.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(top_k, self.count))
 
 
 def read_meta(root: Path) -> dict[str, Any]:
@@ -341,7 +350,7 @@ def read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def check_same_model(meta: dict[str, Any], info, digest: str, source: str, strict: bool) -> None:
+def check_same_model(meta: dict[str, Any], info: ModelInfo, digest: str, source: str, strict: bool) -> None:
     """The model must be the index's: the same file (sha256), or, unless ``strict``, the same run and dimension."""
     model = meta["model"]
     if digest == model["sha256"]:
@@ -369,100 +378,71 @@ def build_index(
     nlist: int | None = None,
     nprobe: int | None = None,
     pq_m: int | None = None,
-    append: bool = False,
-    overwrite: bool = False,
+    mode: IndexMode = "new",
     batch_size: int = 64,
     runtime: str | None = None,
     device: str = "cpu",
     chunk_size: int = CHUNK_SIZE,
-    on_start: Callable[[int, int], None] | None = None,
-    on_batch: Callable[[int], None] | None = None,
+    progress: Progress = SILENT,
 ) -> IndexSummary:
-    """Embed ``gallery`` with ``model`` and write (or, with ``append``, extend) the index in ``out``.
+    """Embed ``gallery`` with ``model`` and write (``mode`` new or overwrite) or extend (append) the index in ``out``.
 
-    ``on_start(total, done)`` is called once with the number of images to index and those already
-    embedded (resumed from ``out/.partial``), ``on_batch(n)`` after each embedded batch. Ctrl-C
-    (KeyboardInterrupt) keeps every finished chunk in ``.partial``; the same call resumes from there.
+    Progress: one stage counting the images to index, starting at those already embedded (resumed
+    from ``out/.partial``). Ctrl-C (KeyboardInterrupt) keeps every finished chunk in ``.partial``; the
+    same call resumes from there. The steps: check the options and ``out``, embed with resume, create
+    or extend the FAISS index, commit the new generation.
     """
-    from edgedml.export.runtime import file_digest, load_embedder
-
     started = time.perf_counter()
     out = Path(out)
-    existing = _check_target(out, append, overwrite)
-    if existing is not None and append:
-        if index_type is not None and index_type != existing.params.type:
-            raise ConfigError(f"--index-type {index_type}: {out} is a {existing.params.type} index", hint="append keeps the index type")
-        if nlist is not None or pq_m is not None:
-            raise ConfigError("--nlist and --pq-m are fixed when the index is built; --append keeps them")
-    requested = IndexParams(index_type or "flat", nlist, nprobe, pq_m)
-    if not append:
-        resolve_params(requested, count=None, dim=None)  # option errors before any work
+    existing = _open_target(out, mode)
+    extending = existing if mode == "append" else None
+    requested = _check_options(extending, index_type, nlist, nprobe, pq_m)
     embedder = load_embedder(model, runtime, device)
     digest = file_digest(model)
-    if existing is not None and append:
-        check_same_model(existing.meta, embedder.info, digest, str(model), strict=True)
-    settings = None
-    if split != "all":
-        from edgedml.training.evaluate import split_settings
-
-        settings = split_settings(embedder)
-    items = gallery_items(gallery, split, settings)
-    if existing is not None and append:
-        present = set(existing.manifest.paths)
+    if extending is not None:
+        check_same_model(extending.meta, embedder.info, digest, str(model), strict=True)
+    items = gallery_items(gallery, split, split_settings(embedder) if split != "all" else None)
+    if extending is not None:
+        present = set(extending.manifest.paths)
         items = [item for item in items if item.key not in present]
-    if not append:
-        resolve_params(requested, len(items), embedder.info.dim)  # too small a gallery for IVF: refuse before embedding
+    else:  # too small a gallery for IVF: refuse before embedding
+        resolve_params(requested, len(items), embedder.info.dim)
     partial = _Partial(out / PARTIAL_DIR, digest)
-    resumed = len(partial.embeddings) + len(partial.skipped)
-    todo = [item for item in items if item.key not in partial.embeddings and item.key not in partial.skipped]
-    if on_start is not None:
-        on_start(len(items), len(items) - len(todo))
-    embed_started = time.perf_counter()
-    for start in range(0, len(todo), chunk_size):
-        partial.embed_chunk(embedder, todo[start : start + chunk_size], batch_size, on_batch)
-    embed_seconds = time.perf_counter() - embed_started
+    embedded = _embed_with_resume(partial, embedder, items, batch_size, chunk_size, progress)
     rows = [item for item in items if item.key in partial.embeddings]
-    skipped = [item.key for item in items if item.key in partial.skipped]
-    if existing is None or not append:
-        if not rows:
-            raise DataError(
-                f"--gallery {gallery}: none of its {len(items)} image(s) could be read" if items else f"--gallery {gallery}: no image to index",
-                hint="check the files listed in the warning" if items else "add images to the gallery",
-            )
+    if extending is None and not rows:
+        raise DataError(
+            f"--gallery {gallery}: none of its {len(items)} image(s) could be read" if items else f"--gallery {gallery}: no image to index",
+            hint="check the files listed in the warning" if items else "add images to the gallery",
+        )
     vectors = np.stack([partial.embeddings[item.key] for item in rows]) if rows else np.zeros((0, embedder.info.dim), np.float32)
-    if existing is not None and append:
-        index, manifest, params = existing.index, existing.manifest, existing.params
-        if nprobe is not None:
-            params = resolve_params(IndexParams(params.type, params.nlist, nprobe, params.pq_m), existing.count, existing.dim)
-        index.add(vectors)
-        generation = existing.meta["generation"] + 1
+    if extending is not None:
+        index, manifest, params, generation = _extend(extending, vectors, nprobe)
     else:
-        params = resolve_params(requested, len(vectors), embedder.info.dim)
-        index = train_index(params, vectors, device)
-        manifest = Manifest()
-        generation = existing.meta["generation"] + 1 if existing is not None else 1
+        index, manifest, params, generation = _create(requested, vectors, device, existing)
     manifest.paths.extend(item.key for item in rows)
     manifest.labels.extend(item.sample.label for item in rows)
-    if rows or existing is None or not append or nprobe is not None:
+    if extending is None or rows or nprobe is not None:
         size = _commit(out, generation, index, manifest, params, embedder, model, digest, gallery, split, len(rows),
-                       existing.meta if existing is not None and append else None)
-    else:
-        size = (out / existing.meta["files"]["index"]).stat().st_size
+                       extending.meta if extending is not None else None)
+    else:  # nothing new to append: the index stays as it is
+        size = (out / extending.meta["files"]["index"]).stat().st_size
     partial.remove()
-    embedded = len(rows) + len(skipped) - resumed
     return IndexSummary(
-        path=out, count=len(manifest), added=len(rows), resumed=resumed, skipped=skipped, dim=embedder.info.dim,
+        path=out, count=len(manifest), added=len(rows), resumed=embedded.resumed,
+        skipped=[item.key for item in items if item.key in partial.skipped], dim=embedder.info.dim,
         index=params.to_dict(), bytes_per_vector=size / max(1, len(manifest)), seconds=time.perf_counter() - started,
-        embedded_per_s=embedded / embed_seconds if embed_seconds > 0 and embedded > 0 else 0.0,
+        embedded_per_s=embedded.rate,
     )
 
 
-def _check_target(out: Path, append: bool, overwrite: bool) -> GalleryIndex | None:
-    if append and overwrite:
-        raise ConfigError("--append and --overwrite exclude each other")
+def _open_target(out: Path, mode: IndexMode) -> GalleryIndex | None:
+    """The index already in ``out`` (None if there is none); refuses what ``mode`` cannot do with ``out``."""
+    if mode not in INDEX_MODES:
+        raise ConfigError(f"index mode {mode!r} is not one of {', '.join(INDEX_MODES)}")
     if (out / META_FILE).exists():
         existing = GalleryIndex.open(out)
-        if not (append or overwrite):
+        if mode == "new":
             raise ConfigError(
                 f"--out {out} already holds an index of {existing.count:,} images",
                 hint="--append adds new images to it, --overwrite replaces it",
@@ -473,6 +453,56 @@ def _check_target(out: Path, append: bool, overwrite: bool) -> GalleryIndex | No
     if out.is_dir() and any(p.name != PARTIAL_DIR for p in out.iterdir()):
         raise ConfigError(f"--out {out}: folder is not empty and holds no index", hint="give a new or empty folder")
     return None
+
+
+def _check_options(extending: GalleryIndex | None, index_type: str | None, nlist: int | None, nprobe: int | None,
+                   pq_m: int | None) -> IndexParams:
+    """The index parameters asked for; option errors before any work."""
+    requested = IndexParams(index_type or "flat", nlist, nprobe, pq_m)
+    if extending is None:
+        resolve_params(requested, count=None, dim=None)
+        return requested
+    if index_type is not None and index_type != extending.params.type:
+        raise ConfigError(f"--index-type {index_type}: {extending.root} is a {extending.params.type} index", hint="append keeps the index type")
+    if nlist is not None or pq_m is not None:
+        raise ConfigError("--nlist and --pq-m are fixed when the index is built; --append keeps them")
+    return requested
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    resumed: int  # images found embedded (or skipped) in .partial
+    rate: float  # images embedded per second by this call (0 if none)
+
+
+def _embed_with_resume(partial: _Partial, embedder: Embedder, items: list[GalleryItem], batch_size: int, chunk_size: int,
+                       progress: Progress) -> _Embedded:
+    """Embed the items ``partial`` does not hold yet, chunk by chunk (each chunk saved as it is done)."""
+    resumed = len(partial.embeddings) + len(partial.skipped)
+    todo = [item for item in items if item.key not in partial.embeddings and item.key not in partial.skipped]
+    progress.stage("embedding", total=len(items), done=len(items) - len(todo))
+    started = time.perf_counter()
+    for start in range(0, len(todo), chunk_size):
+        partial.embed_chunk(embedder, todo[start : start + chunk_size], batch_size, progress)
+    seconds = time.perf_counter() - started
+    done = sum(item.key in partial.embeddings or item.key in partial.skipped for item in items) - resumed
+    return _Embedded(resumed, done / seconds if seconds > 0 and done > 0 else 0.0)
+
+
+def _extend(existing: GalleryIndex, vectors: np.ndarray, nprobe: int | None) -> tuple[Any, Manifest, IndexParams, int]:
+    """The existing index with ``vectors`` added (and a new default nprobe if given): the next generation."""
+    params = existing.params
+    if nprobe is not None:
+        params = resolve_params(IndexParams(params.type, params.nlist, nprobe, params.pq_m), existing.count, existing.dim)
+    existing.index.add(vectors)
+    return existing.index, existing.manifest, params, existing.meta["generation"] + 1
+
+
+def _create(requested: IndexParams, vectors: np.ndarray, device: str, replaced: GalleryIndex | None) -> tuple[Any, Manifest, IndexParams, int]:
+    """A new index trained on and holding ``vectors``; the generation after the one it replaces."""
+    params = resolve_params(requested, len(vectors), vectors.shape[1])
+    generation = replaced.meta["generation"] + 1 if replaced is not None else 1
+    return train_index(params, vectors, device), Manifest(), params, generation
 
 
 def train_index(params: IndexParams, vectors: np.ndarray, device: str = "cpu"):
@@ -489,7 +519,7 @@ def train_index(params: IndexParams, vectors: np.ndarray, device: str = "cpu"):
     return index
 
 
-def _commit(out: Path, generation: int, index, manifest: Manifest, params: IndexParams, embedder, model, digest: str,
+def _commit(out: Path, generation: int, index, manifest: Manifest, params: IndexParams, embedder: Embedder, model: str | Path, digest: str,
             gallery: str, split: str, added: int, previous: dict[str, Any] | None) -> int:
     """Write the new generation's files, then index.json (the commit point), then remove what is stale."""
     import faiss
@@ -543,10 +573,8 @@ class _Partial:
         if self.embeddings or self.skipped:
             log.info("resuming: %d image(s) already embedded in %s", len(self.embeddings) + len(self.skipped), self.root)
 
-    def embed_chunk(self, embedder, items: list[GalleryItem], batch_size: int, on_batch) -> None:
-        from edgedml.export.runtime import check_runtime_output, embed_samples
-
-        embeddings, kept = embed_samples(embedder, [item.sample for item in items], batch_size, on_batch)
+    def embed_chunk(self, embedder: Embedder, items: list[GalleryItem], batch_size: int, progress: Progress) -> None:
+        embeddings, kept = embed_samples(embedder, [item.sample for item in items], batch_size, progress)
         check_runtime_output(embeddings, embedder.info, str(embedder.path))
         keys = [items[i].key for i in kept]
         skipped = sorted({item.key for item in items} - set(keys))

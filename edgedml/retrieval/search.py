@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from edgedml.data.images import check_image
 from edgedml.data.sources import ImageRef, Sample
 from edgedml.errors import ConfigError, DataError
+from edgedml.export.load import load_embedder
+from edgedml.export.runtime import Embedder, embed_samples, file_digest
 from edgedml.retrieval.index import GalleryIndex, check_same_model
 
 log = logging.getLogger(__name__)
@@ -43,14 +46,12 @@ class QueryResult:
 class Searcher:
     """An index and its model, opened once for many searches."""
 
-    def __init__(self, index: GalleryIndex, embedder, device: str = "cpu"):
-        self.index, self.embedder, self.device = index, embedder, device
+    def __init__(self, index: GalleryIndex, embedder: Embedder):
+        self.index, self.embedder = index, embedder
 
     @classmethod
     def open(cls, index_dir: str | Path, model: str | Path | None = None, runtime: str | None = None, device: str = "cpu") -> Searcher:
-        from edgedml.export.runtime import file_digest, load_embedder
-
-        index = GalleryIndex.open(index_dir)
+        index = GalleryIndex.open(index_dir, device)
         model_path = Path(model) if model is not None else Path(index.meta["model"]["path"])
         if model is None and not model_path.exists():
             raise DataError(
@@ -59,12 +60,10 @@ class Searcher:
             )
         embedder = load_embedder(model_path, runtime, device)
         check_same_model(index.meta, embedder.info, file_digest(model_path), str(model_path), strict=False)
-        return cls(index, embedder, device)
+        return cls(index, embedder)
 
     def search(self, queries: Sequence[ImageRef | Path], top_k: int = 10, nprobe: int | None = None, batch_size: int = 64) -> list[QueryResult]:
         """The ``top_k`` gallery rows nearest each query image (a file path or a uint8 array)."""
-        from edgedml.export.runtime import embed_samples
-
         names = [_check_query(query, position) for position, query in enumerate(queries)]
         samples = [Sample(image=str(q) if isinstance(q, Path) else q, label="") for q in queries]
         embeddings, kept = embed_samples(self.embedder, samples, batch_size)
@@ -76,7 +75,7 @@ class Searcher:
     def search_embeddings(self, embeddings: np.ndarray, names: Sequence[str], top_k: int = 10, nprobe: int | None = None) -> list[QueryResult]:
         if top_k < 1:
             raise ConfigError(f"--top-k {top_k} must be at least 1")
-        scores, ids = self.index.search(embeddings, top_k, nprobe, self.device)
+        scores, ids = self.index.search(embeddings, top_k, nprobe)
         manifest = self.index.manifest
         results = []
         for name, row_scores, row_ids in zip(names, scores, ids, strict=True):
@@ -90,8 +89,6 @@ class Searcher:
 
 def _check_query(query: ImageRef | Path, position: int) -> str:
     """The query's display name; a missing or undecodable file is an error naming it."""
-    from edgedml.data.images import check_image
-
     if isinstance(query, np.ndarray):
         return f"<array {position}>"
     reason = check_image(str(query))

@@ -3,7 +3,7 @@
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; we join the process group (gloo on CPU, NCCL on
 GPUs), give each rank every WORLD_SIZE-th batch of the shared P x K schedule, wrap the model in
 DDP, and all-gather the batch embeddings in rank order for the cross-batch memory so every
-rank enqueues the same gathered batch and the memories never diverge (METHODS.md §2).
+rank enqueues the same gathered batch and the memories never diverge (docs/methods.md §2).
 Checkpoints, metrics and logs are written by rank 0 only.
 """
 

@@ -15,8 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgedml.config import TrainConfig
-from edgedml.errors import CheckpointError
+from edgedml.config import RUN_CONFIG, TrainConfig, load_run_config
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class RunDir:
 
     @property
     def config(self) -> Path:
-        return self.root / "config.yaml"
+        return self.root / RUN_CONFIG
 
     @property
     def metrics(self) -> Path:
@@ -48,16 +47,7 @@ class RunDir:
         return self.root / "train.log"
 
     def load_config(self) -> TrainConfig:
-        if not self.config.is_file():
-            raise CheckpointError(
-                f"{self.root}: no config.yaml, so not a run directory", hint="pass the --out folder of an edgedml train run"
-            )
-        return TrainConfig.from_sources(self.config)
-
-    def read_summary(self) -> dict:
-        if not self.summary.is_file():
-            raise CheckpointError(f"{self.root}: no summary.json (the run has not finished)")
-        return json.loads(self.summary.read_text(encoding="utf-8"))
+        return load_run_config(self.root)
 
 
 def config_hash(config: TrainConfig) -> str:

@@ -9,6 +9,7 @@ touched, leaving the last good checkpoint in place.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -27,11 +28,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from edgedml import __version__
-from edgedml.budget.planner import Plan, cap_cuda_process, format_bytes, plan_for_config
+from edgedml.budget.planner import Plan, cap_cuda_process, plan_for_config
+from edgedml.budget.probes import check_allocator_settings
 from edgedml.config import AUTO, TrainConfig
 from edgedml.data import (
     ImageDataset,
     PKSampler,
+    PreparedData,
     Splits,
     collate_skip_bad,
     prepare_data,
@@ -42,6 +45,9 @@ from edgedml.errors import CheckpointError, ConfigError, NonFiniteLossError, Tra
 from edgedml.io import append_jsonl, write_json, write_text
 from edgedml.memory import local_gather, resolve_memory_size
 from edgedml.models import EmbeddingModel, build_model
+from edgedml.objective import Objective, StepOutputs, build_network, build_objective, make_optimizer
+from edgedml.progress import SILENT
+from edgedml.progress import Progress as Display
 from edgedml.training.checkpoint import (
     AUX,
     LOSS,
@@ -56,6 +62,7 @@ from edgedml.training.checkpoint import (
 )
 from edgedml.training.device import resolve_device
 from edgedml.training.distributed import (
+    DistributedContext,
     check_identical_across_ranks,
     cleanup,
     gather_in_rank_order,
@@ -63,26 +70,15 @@ from edgedml.training.distributed import (
     synchronize,
 )
 from edgedml.training.evaluate import evaluate_split, load_run_model
-from edgedml.training.objective import Objective, StepOutputs, build_network, build_objective
 from edgedml.training.run import RunDir, config_hash
+from edgedml.units import format_bytes
 
 log = logging.getLogger(__name__)
-
-
-class TrainCallbacks:
-    """Hooks the CLI uses to render progress; the library itself only logs."""
-
-    def on_start(self, epochs: int, steps_per_epoch: int, start_epoch: int, start_step: int) -> None: ...
-
-    def on_step(self, epoch: int, step: int, loss: float, images_per_s: float) -> None: ...
-
-    def on_epoch_end(self, record: dict[str, Any]) -> None: ...
-
-    def on_test(self) -> None: ...
+TEST_STAGE = "evaluating the best weights on the unseen test classes"
 
 
 @dataclass
-class Progress:
+class TrainProgress:
     """Where training stands; saved in ``last.safetensors`` metadata."""
 
     epoch: int = 0
@@ -99,67 +95,71 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, run_dir: str | Path, callbacks: TrainCallbacks | None = None):
+    """One training run: ``Trainer(config, run_dir).fit()``, or ``Trainer.resume(run_dir).fit()``.
+
+    Construction resolves the configuration (``resolve_config``: a new object, the caller's is left
+    as given), joins the process group under torchrun, caps this process's CUDA allocations at the
+    plan's budget, and builds the data, the network, the objective and the optimizer. ``display``
+    renders progress (stages, steps, a line per epoch); the library itself only logs.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, display: Display = SILENT):
         self.run = RunDir(Path(run_dir))
-        self.callbacks = callbacks or TrainCallbacks()
+        self.display = display
         self.device = resolve_device(config.device)
         if config.amp and self.device.type != "cuda":
             raise ConfigError(f"--amp needs CUDA, this run is on {self.device.type}", hint="drop --amp")
         prepared = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed)
-        if config.input_size is None:
-            config.input_size = prepared.default_input_size
-        if config.crop_scale is None:
-            config.crop_scale = prepared.default_crop_scale
-        self.config = config
         self.splits: Splits = prepared.splits
-        self.plan = self._fit_budget(config, len(prepared.splits.train), len(prepared.splits.train_classes))
         self.skipped = prepared.skipped
+        self.config, self.plan = resolve_config(config, prepared)
+        self.dist = self._join_process_group()
+        self._cap_cuda()
         self.class_to_index = {name: i for i, name in enumerate(self.splits.train_classes)}
         self.dataset = ImageDataset(
-            self.splits.train, self.class_to_index, train_transform(config.input_size, config.crop_scale, config.hflip)
+            self.splits.train, self.class_to_index, train_transform(self.config.input_size, self.config.crop_scale, self.config.hflip)
         )
-        self.sampler = PKSampler(self.dataset.labels, config.classes_per_batch, config.samples_per_class, config.seed)
-        self.dist = init_from_environment(self.device.type)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
-        if len(self.sampler) < self.dist.world_size:
-            raise ConfigError(
-                f"an epoch has {len(self.sampler)} batches, fewer than the {self.dist.world_size} ranks",
-                hint="lower --batch-size or use fewer processes",
-            )
-        torch.manual_seed(config.seed)
-        self.model: EmbeddingModel = build_model(config.backbone, config.dim, config.weights).to(self.device)
-        self.network = build_network(config, self.model).to(self.device)
-        self.forward_train: nn.Module = self.network
-        if self.dist.enabled:
-            device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-            self.forward_train = DistributedDataParallel(self.network, device_ids=device_ids)
+        self.sampler = self._sampler()
+        torch.manual_seed(self.config.seed)
+        self.model: EmbeddingModel = build_model(self.config.backbone, self.config.dim, self.config.weights).to(self.device)
+        self.network = build_network(self.config, self.model).to(self.device)
+        self.forward_train: nn.Module = self._parallel(self.network)
         self.loss_fn = self._build_objective().to(self.device)
-        self.optimizer = make_optimizer(self.network, config)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
-        self.progress = Progress(skipped_images=self.skipped)
+        self.optimizer = make_optimizer(self.network, self.config)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.config.amp)
+        self.progress = TrainProgress(skipped_images=self.skipped)
         self._stop_requested = False
         val_counts = Counter(s.label for s in self.splits.val)
         self._can_validate = any(count >= 2 for count in val_counts.values())
         if self.splits.val and not self._can_validate:
             log.warning("no validation class has 2 images; selecting the latest epoch (raise --val-fraction)")
 
-    def _fit_budget(self, config: TrainConfig, train_images: int, train_classes: int) -> Plan | None:
-        """Resolve ``auto`` sizes against the budget, check fixed ones, cap the CUDA process."""
-        if not config.needs_plan:
-            return None
-        plan, device_memory = plan_for_config(config, config.input_size, train_images, train_classes)
-        if config.batch_size == AUTO:
-            config.batch_size = plan.batch_size
-        if config.memory_size == AUTO:
-            config.memory_size = plan.memory_size
-        if device_memory.integrated:
-            from edgedml.budget.probes import check_allocator_settings
+    def _join_process_group(self) -> DistributedContext:
+        """Under torchrun: join the process group, and train on this rank's GPU."""
+        context = init_from_environment(self.device.type)
+        if context.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", context.local_rank)
+        return context
 
-            check_allocator_settings(device_memory)
-        if cap_cuda_process(plan.budget, self.device) is not None:
-            log.info("CUDA allocations capped at %s", format_bytes(plan.budget.available - plan.budget.fixed))
-        return plan
+    def _cap_cuda(self) -> None:
+        """Cap this process's CUDA allocations at the plan's budget (process-wide; a no-op off CUDA)."""
+        if self.plan is not None and cap_cuda_process(self.plan.budget, self.device) is not None:
+            log.info("CUDA allocations capped at %s", format_bytes(self.plan.budget.available - self.plan.budget.fixed))
+
+    def _sampler(self) -> PKSampler:
+        sampler = PKSampler(self.dataset.labels, self.config.classes_per_batch, self.config.samples_per_class, self.config.seed)
+        if len(sampler) < self.dist.world_size:
+            raise ConfigError(
+                f"an epoch has {len(sampler)} batches, fewer than the {self.dist.world_size} ranks",
+                hint="lower --batch-size or use fewer processes",
+            )
+        return sampler
+
+    def _parallel(self, network: nn.Module) -> nn.Module:
+        if not self.dist.enabled:
+            return network
+        device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(network, device_ids=device_ids)
 
     def _build_objective(self) -> Objective:
         config = self.config
@@ -192,12 +192,12 @@ class Trainer:
 
     # ---- public -------------------------------------------------------------------
     @classmethod
-    def resume(cls, run_dir: str | Path, callbacks: TrainCallbacks | None = None, epochs: int | None = None) -> Trainer:
+    def resume(cls, run_dir: str | Path, display: Display = SILENT, epochs: int | None = None) -> Trainer:
         run = RunDir(Path(run_dir))
         config = run.load_config()
         if epochs is not None:
-            config.epochs = epochs
-        trainer = cls(config, run.root, callbacks)
+            config = dataclasses.replace(config, epochs=epochs)
+        trainer = cls(config, run.root, display)
         trainer._restore(load_checkpoint(run.last))
         return trainer
 
@@ -242,7 +242,8 @@ class Trainer:
     # ---- loop ---------------------------------------------------------------------
     def _train_epochs(self) -> None:
         config, progress = self.config, self.progress
-        self.callbacks.on_start(config.epochs, self.steps_per_epoch, progress.epoch, progress.step)
+        steps = self.steps_per_epoch
+        self.display.stage("train", total=config.epochs * steps, done=progress.epoch * steps + progress.step)
         self.model.train()
         while progress.epoch < config.epochs:
             batches = self._rank_batches(progress.epoch)
@@ -322,7 +323,8 @@ class Trainer:
         progress.step += 1
         progress.global_step += 1
         rate = (len(batch[0]) / elapsed) if batch is not None and elapsed > 0 else 0.0
-        self.callbacks.on_step(progress.epoch, progress.step, progress.epoch_loss_sum / max(progress.epoch_batches, 1), rate)
+        loss_so_far = progress.epoch_loss_sum / max(progress.epoch_batches, 1)
+        self.display.advance(1, f"epoch {progress.epoch + 1}/{config.epochs}  loss {loss_so_far:.4f}  {rate:.0f} img/s")
 
     @contextmanager
     def _out_of_memory_is_an_error(self) -> Iterator[None]:
@@ -364,7 +366,7 @@ class Trainer:
             append_jsonl(self.run.metrics, record)
         self._save_last()
         if self.dist.is_main:
-            self.callbacks.on_epoch_end(record)
+            self.display.note(epoch_line(record))
 
     def _test_metrics(self, full: bool):
         return evaluate_split(self.model, self.splits.test, self.config.input_size, self.device, full=full, seed=self.config.seed)
@@ -373,7 +375,7 @@ class Trainer:
         return evaluate_split(self.model, self.splits.val, self.config.input_size, self.device, full=False)
 
     def _finish(self) -> dict[str, Any]:
-        self.callbacks.on_test()
+        self.display.stage(TEST_STAGE)
         tensors, _ = load_checkpoint(self.run.best)
         self.model.load_state_dict(strip_prefix(MODEL, tensors))
         metrics = self._test_metrics(full=True)
@@ -450,7 +452,7 @@ class Trainer:
         if metadata.get("scaler"):
             self.scaler.load_state_dict(metadata["scaler"])
         torch.set_rng_state(tensors[RNG + "torch"])
-        self.progress = Progress(**metadata["progress"])
+        self.progress = TrainProgress(**metadata["progress"])
 
 
 def _without_epochs(config: TrainConfig, metadata: dict[str, Any]) -> TrainConfig:
@@ -459,13 +461,34 @@ def _without_epochs(config: TrainConfig, metadata: dict[str, Any]) -> TrainConfi
     return TrainConfig(**{**config.to_dict(), "epochs": saved_epochs})
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+def resolve_config(config: TrainConfig, prepared: PreparedData) -> tuple[TrainConfig, Plan | None]:
+    """The run's configuration with every derived value filled in, as a new object, and its memory plan.
+
+    The input size and crop scale follow the data source unless set; a budget, a device profile or an
+    ``auto`` size is fitted by the planner (``auto`` becomes the chosen size, a fixed size is checked).
+    """
+    resolved = dataclasses.replace(
+        config,
+        input_size=config.input_size or prepared.default_input_size,
+        crop_scale=config.crop_scale if config.crop_scale is not None else prepared.default_crop_scale,
+    )
+    if not resolved.needs_plan:
+        return resolved, None
+    plan, device_memory = plan_for_config(resolved, resolved.input_size, len(prepared.splits.train), len(prepared.splits.train_classes))
+    if device_memory.integrated:
+        check_allocator_settings(device_memory)
+    resolved = dataclasses.replace(
+        resolved,
+        batch_size=plan.batch_size if resolved.batch_size == AUTO else resolved.batch_size,
+        memory_size=plan.memory_size if resolved.memory_size == AUTO else resolved.memory_size,
+    )
+    return resolved, plan
+
+
+def epoch_line(record: dict[str, Any]) -> str:
+    """One line for the display at the end of an epoch."""
+    val = f"  val R@1 {record['val_recall_at_1']:.4f}  MAP@R {record['val_map_at_r']:.4f}" if "val_recall_at_1" in record else ""
+    return f"epoch {record['epoch']}: loss {record['loss']:.4f}{val}"
 
 
 def _attach_log_file(path: Path) -> logging.Handler:

@@ -3,7 +3,8 @@
 ``TrainingNetwork`` is the module trained (and wrapped by DDP): the embedding model plus, with
 S2SD, its auxiliary heads; it returns ``StepOutputs``. An objective maps (outputs, labels) to the
 loss: the run's loss on the base embedding, wrapped by the cross-batch memory when one is
-configured, and by S2SD self-distillation or a frozen teacher when asked.
+configured, and by S2SD self-distillation or a frozen teacher when asked (docs/methods.md §2-4).
+``make_optimizer`` is the optimizer both build over the network's parameters.
 """
 
 from __future__ import annotations
@@ -96,3 +97,12 @@ def build_objective(
 
 def _run_loss(config: TrainConfig) -> nn.Module:
     return create_loss(config.loss, config.margin, config.mining, config.normalize)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)

@@ -118,3 +118,16 @@ def retrieval_metrics(
         num_queries=len(targets),
         num_classes=num_classes,
     )
+
+
+def cosine_check(got: np.ndarray, expected: np.ndarray) -> dict[str, float]:
+    """Per-row cosine similarity of two (N, D) embedding arrays: min and mean (NaN if ``got`` is not finite).
+
+    How an exported model (fp16, int8, a TensorRT engine) is held against its reference.
+    """
+    if not np.isfinite(got).all():
+        return {"min_cosine": float("nan"), "mean_cosine": float("nan")}
+    dots = (got * expected).sum(axis=1)
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
+    cosine = dots / np.maximum(norms, 1e-12)
+    return {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}

@@ -1,0 +1,62 @@
+"""The export formats and the options each takes, checked before any work starts (the Ultralytics pattern).
+
+The CLI renders this table and passes what the user gave through :func:`check_export_options`; the
+library owns the rules, so the command line and the library cannot disagree about which option a
+format takes. This module imports nothing heavy (``edgedml export --help`` reads it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from edgedml.errors import ConfigError
+
+INT8_TARGETS = ("tensorrt", "cpu")
+
+
+@dataclass(frozen=True)
+class Format:
+    options: frozenset[str]  # the options this format accepts besides --out and --checkpoint
+    description: str
+
+
+FORMATS: dict[str, Format] = {
+    "onnx": Format(
+        frozenset({"batch", "dynamic", "opset", "half", "int8", "calib_data", "int8_for"}),
+        "ONNX fp32 (+ fp16 / int8 Q/DQ copies), checked with onnxruntime against PyTorch, Recall@1 of each on the test classes",
+    ),
+    "engine": Format(
+        frozenset({"batch", "dynamic", "opset", "half", "int8", "calib_data", "max_batch", "workspace", "profile",
+                   "timing_cache", "deepstream"}),
+        "TensorRT engine built on this GPU from the checked ONNX; sidecar model.engine.json records TensorRT version and GPU",
+    ),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_export_options(format_name: str, given: Mapping[str, object]) -> Format:
+    """The format, if every option in ``given`` (name -> value; None or False: not given) may be used with it."""
+    spec = FORMATS.get(format_name)
+    if spec is None:
+        raise ConfigError(f"--format {format_name!r} is not one of {', '.join(FORMATS)}", hint="edgedml export --help lists them")
+    present = {name for name, value in given.items() if value is not None and value is not False}
+    unsupported = sorted(present - spec.options)
+    if unsupported:
+        raise ConfigError(f"--format {format_name} does not take {', '.join(_flag(name) for name in unsupported)}")
+    for first, second, why in (
+        ("batch", "dynamic", ""),
+        ("batch", "max_batch", " (a fixed batch and a dynamic range)"),
+    ):
+        if {first, second} <= present:
+            raise ConfigError(f"{_flag(first)} and {_flag(second)} exclude each other{why}", hint="give one of them")
+    for option in ("calib_data", "int8_for"):
+        if option in present and "int8" not in present:
+            raise ConfigError(f"{_flag(option)} needs --int8", hint="add --int8")
+    int8_for = given.get("int8_for")
+    if int8_for is not None and int8_for not in INT8_TARGETS:
+        raise ConfigError(f"--int8-for {int8_for!r} is not one of {', '.join(INT8_TARGETS)}")
+    return spec
