@@ -100,7 +100,7 @@ class TrainConfig:
         for raw_key, value in values.items():
             key = str(raw_key).replace("-", "_")
             if key not in known:
-                raise ConfigError(f"{origin}: unknown key {raw_key!r}", hint=_suggest(key, known))
+                raise ConfigError(f"{origin}: unknown key {raw_key!r}", hint=suggest(key, known))
             clean[key] = value
         config = cls(**clean)
         config._coerce(origin)
@@ -259,7 +259,7 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def _suggest(key: str, known: list[str]) -> str:
+def suggest(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     if close:
         return f"did you mean {close[0]!r}?"
@@ -269,7 +269,7 @@ def _suggest(key: str, known: list[str]) -> str:
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         option = "--" + name.replace("_", "-")
-        raise ConfigError(f"{option} {value!r} is not one of {', '.join(choices)}", hint=_suggest(value, list(choices)))
+        raise ConfigError(f"{option} {value!r} is not one of {', '.join(choices)}", hint=suggest(value, list(choices)))
 
 
 def _positive(name: str, value: float) -> None:

@@ -17,7 +17,7 @@ Peak = parameters + buffers + optimizer state + memory bank
        + max(model step peak, activations + loss step peak),
 since the model's saved activations are all alive while the loss runs. The device profile's
 fixed costs (CUDA context, the OS share of a Jetson's RAM) and a safety margin for allocator
-fragmentation come on top when a configuration is fitted to a budget.
+fragmentation come on top when a configuration is fitted to a budget (docs/methods.md §5).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from edgedml.budget.device import GIB, DeviceMemory
-from edgedml.config import _suggest
+from edgedml.config import suggest
 from edgedml.errors import ConfigError
 
 PROFILE_PACKAGE = "edgedml.profiles"
@@ -131,7 +131,7 @@ def validate_profile(values: dict[Any, Any], origin: str) -> dict[str, Any]:
     known = list(PROFILE_KEYS)
     for key in values:
         if key not in PROFILE_KEYS:
-            raise ConfigError(f"{origin}: unknown key {key!r}", hint=_suggest(str(key), known))
+            raise ConfigError(f"{origin}: unknown key {key!r}", hint=suggest(str(key), known))
     missing = [key for key in known if key not in values]
     if missing:
         raise ConfigError(

@@ -16,7 +16,7 @@
   than fp32 there, benchmarks/export.py); TensorRT's parser rejects that file.
 
 The normalization nodes are found from the graph's structure, not from names: they are the nodes
-downstream of the head, the last Gemm/MatMul on the way to the output.
+downstream of the head, the last Gemm/MatMul on the way to the output (docs/methods.md §6).
 """
 
 from __future__ import annotations
