@@ -145,12 +145,14 @@ def cuda_probe_answers(monkeypatch) -> None:
 
 
 def test_nvml_reads_memory_reserved_driver_and_other_processes(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", make_pynvml())
+    stub = make_pynvml()
+    monkeypatch.setitem(sys.modules, "pynvml", stub)
     memory = probe_nvml(0)
     assert memory.source == "nvml"
-    assert (memory.total_bytes, memory.free_bytes, memory.used_bytes) == (24 * GIB, 20 * GIB, 4 * GIB)
-    assert memory.total_bytes == memory.free_bytes + memory.used_bytes
+    # the stub's v2 answer: used 3.5 GiB by allocations plus 512 MiB the driver reserves, so 4 GiB in all
+    assert (memory.total_bytes, memory.free_bytes, memory.used_bytes) == (24 * GIB, 20 * GIB, 3 * GIB + 512 * MIB + 512 * MIB)
     assert memory.reserved_bytes == 512 * MIB
+    assert ("nvmlDeviceGetMemoryInfo", ("handle-0",), {"version": 0x02000028}) in stub.calls  # the v2 query was asked
     assert memory.name == "NVIDIA GeForce RTX 4090" and memory.driver == "550.54.14"
     assert memory.compute_capability == (8, 9) and not memory.integrated
     # pid 101 counted once (compute and graphics), pid 102 has no figure, this process is left out
@@ -261,10 +263,18 @@ def test_without_a_cuda_device_training_is_planned_on_host_memory(tmp_path, monk
 
 
 def test_the_real_torch_of_this_machine_gives_an_answer(tmp_path):
-    """Whatever this machine is (CPU-only here), probe_device answers without a traceback."""
+    """Whatever this machine is, probe_device answers without a traceback; without CUDA, from the given meminfo."""
+    import torch
+
     (tmp_path / "meminfo").write_text(DESKTOP_MEMINFO)
     memory = probe_device(0, meminfo_path=tmp_path / "meminfo", model_path=tmp_path / "none", tegra_release_path=tmp_path / "none")
-    assert memory.total_bytes > 0 and memory.total_bytes == memory.free_bytes + memory.used_bytes
+    if torch.cuda.is_available():
+        assert memory.source in ("nvml", "cuda-mem-get-info", "jetson-meminfo")
+        assert 0 < memory.total_bytes and 0 <= memory.free_bytes <= memory.total_bytes
+    else:  # the CPU is the training device: the fake meminfo's MemTotal and MemAvailable, in bytes
+        assert (memory.source, memory.total_bytes, memory.free_bytes, memory.used_bytes) == (
+            "host", 32768000 * KIB, 20480000 * KIB, (32768000 - 20480000) * KIB
+        )
 
 
 # ---- Jetson ---------------------------------------------------------------------------------------
@@ -284,7 +294,7 @@ def test_jetson_memory_comes_from_meminfo_with_nvmap(tmp_path):
     memory = probe_jetson(paths["meminfo_path"], model_path=paths["model_path"], tegra_release_path=paths["tegra_release_path"])
     assert memory.source == "jetson-meminfo" and memory.integrated
     assert (memory.total_bytes, memory.free_bytes) == (7813156 * KIB, 5120000 * KIB)
-    assert memory.used_bytes == memory.total_bytes - memory.free_bytes
+    assert memory.used_bytes == (7813156 - 5120000) * KIB  # MemTotal - MemAvailable, not MemTotal - MemFree
     assert memory.other_processes_bytes == 409600 * KIB
     assert memory.name == "NVIDIA Jetson Orin Nano Developer Kit"
     assert memory.compute_capability == (8, 7)

@@ -52,7 +52,7 @@ def test_every_shipped_profile_loads_with_all_keys(name):
     assert memory.cuda_context_bytes == round(profile["cuda_context_gib"] * GIB)
     # free is what a probe would read before this process's CUDA context; the planner subtracts the context
     assert memory.free_bytes == memory.total_bytes - memory.os_reserved_bytes
-    assert memory.free_bytes + memory.used_bytes == memory.total_bytes
+    assert memory.used_bytes == memory.os_reserved_bytes  # what the OS holds before this process starts
     assert memory.integrated == profile["integrated"] and memory.safety_margin == profile["safety_margin"]
     assert f"{memory.compute_capability[0]}.{memory.compute_capability[1]}" == profile["compute_capability"]
 
@@ -79,6 +79,17 @@ def test_known_hardware_facts():
     for desktop in ("desktop-8gb", "desktop-24gb"):
         profile = read_profile(desktop)
         assert profile["jetpack"] is None and not profile["integrated"] and profile["os_reserved_gib"] == 0
+
+
+@pytest.mark.parametrize(
+    "name, total_gib, free_gib, used_gib, context_gib",
+    [("orin-nano-8gb", 8, 6.5, 1.5, 0.5), ("jetson-nano-4gb", 4, 2.8, 1.2, 1.0), ("desktop-24gb", 24, 24, 0, 0.5)],
+)
+def test_profile_memory_in_bytes_by_hand(name, total_gib, free_gib, used_gib, context_gib):
+    """memory_gib, less os_reserved_gib free (the CUDA context is a fixed cost the planner subtracts, not here)."""
+    memory = load_profile(name)
+    expected = (round(total_gib * GIB), round(free_gib * GIB), round(used_gib * GIB), round(context_gib * GIB))
+    assert (memory.total_bytes, memory.free_bytes, memory.used_bytes, memory.cuda_context_bytes) == expected
 
 
 # ---- validation -----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from edgedml.export.tensorrt import (
 from edgedml.export.trt_ops import SUPPORTED_OPS, check_tensorrt_ops
 
 GPU = GpuInfo("NVIDIA Jetson Orin Nano", "8.7")
+CHECKED = 30  # images the engine check runs: the shared run's 3 test classes x 10, all under CHECK_IMAGES = 32
 
 
 # ---- a recording fake of the TensorRT Python API -------------------------------------------------
@@ -286,13 +287,14 @@ def test_export_engine_writes_a_checked_engine_and_a_sidecar_naming_tensorrt_and
         run_copy, batch=BatchRange.dynamic(8), workspace="256MiB", timing_cache=tmp_path / "t.cache", deepstream=True, trt=trt,
     )
     assert result.path == run_copy / "model.engine" and result.path.read_bytes().startswith(b"FAKE-ENGINE:")
-    sidecar = json.loads(sidecar_path(result.path).read_text())
-    assert sidecar == read_sidecar(result.path)
+    sidecar = json.loads((run_copy / "model.engine.json").read_text())  # the sidecar is named after the engine, beside it
+    assert result.sidecar == run_copy / "model.engine.json" and read_sidecar(result.path) == sidecar
     assert sidecar["tensorrt_version"] == "10.3.0" and sidecar["gpu"] == {"name": GPU.name, "compute_capability": "8.7"}
     assert sidecar["batch"] == {"min": 1, "opt": 8, "max": 8} and sidecar["precision"] == "fp32"
     assert sidecar["builder"]["workspace_bytes"] == 256 << 20 and sidecar["builder"]["flags"] == []
     assert sidecar["metadata"]["embedding_dim"] == "16" and sidecar["metadata"]["batch"] == "dynamic"
     assert sidecar["check"]["min_cosine"] > 0.99999  # the fake engine runs the same ONNX
+    assert sidecar["check"]["images"] == CHECKED
     assert Path(result.deepstream["nvinfer"]).is_file() and Path(result.deepstream["tracker"]).is_file()
     # load_embedder picks TensorRT for .engine; with the fake module installed it runs like onnxruntime
     sys.modules["tensorrt"] = trt
@@ -304,6 +306,37 @@ def test_export_engine_writes_a_checked_engine_and_a_sidecar_naming_tensorrt_and
         np.testing.assert_allclose(embedder.embed(images), onnx_embedder.embed(images), atol=1e-6)
     finally:
         del sys.modules["tensorrt"]
+
+
+def turn_first_embedding(embeddings: np.ndarray, cosine: float) -> np.ndarray:
+    """``embeddings`` with the first row turned, at its norm, by the angle whose cosine is ``cosine``; the others kept."""
+    turned = embeddings.astype(np.float64)
+    row = turned[0]
+    axis = np.zeros_like(row)
+    axis[np.argmin(np.abs(row))] = 1.0
+    away = axis - (axis @ row) / (row @ row) * row  # the part of that axis orthogonal to the row
+    turned[0] = cosine * row + np.sqrt(1.0 - cosine**2) * np.linalg.norm(row) * away / np.linalg.norm(away)
+    return turned.astype(np.float32)
+
+
+@pytest.mark.parametrize(("precision", "cosine", "passes"), [("fp16", 0.9995, True), ("fp16", 0.998, False), ("fp32", 0.999, False)])
+def test_the_engine_check_measures_the_cosine_to_the_onnx_and_rejects_a_disagreeing_engine(run_copy, on_this_gpu, monkeypatch, precision, cosine, passes):
+    """A fake engine whose first embedding is turned by a known angle: its cosine is the min, the mean is
+    (29 + cosine) / 30, and below the precision's threshold (fp32 0.9999, fp16 0.999) nothing is written."""
+    embed = trt_export.TensorRTEmbedder.embed
+    monkeypatch.setattr(trt_export.TensorRTEmbedder, "embed", lambda self, images: turn_first_embedding(embed(self, images), cosine))
+    export = lambda: engine_export.export_engine(run_copy, half=precision == "fp16", workspace="64MiB", timing_cache=run_copy / "t.cache", trt=fake_tensorrt())  # noqa: E731
+    if passes:
+        check = read_sidecar(export().path)["check"]
+        assert check["images"] == CHECKED
+        assert check["min_cosine"] == pytest.approx(cosine, abs=1e-6)
+        assert check["mean_cosine"] == pytest.approx((CHECKED - 1 + cosine) / CHECKED, abs=1e-6)
+        return
+    threshold = {"fp32": "0.9999", "fp16": "0.999"}[precision]
+    with pytest.raises(ExportError, match=rf"^the {precision} engine disagrees with the fp32 ONNX: min cosine {cosine:.4f} < {threshold} over {CHECKED} test images; nothing was written$"):
+        export()
+    assert not (run_copy / "model.engine").exists() and not sidecar_path(run_copy / "model.engine").exists()
+    assert not [p for p in run_copy.iterdir() if p.name.startswith(".")]  # no temporary engine left behind
 
 
 def test_an_engine_for_another_gpu_or_tensorrt_version_is_refused_with_rebuild_advice(run_copy, on_this_gpu, monkeypatch):
@@ -352,7 +385,7 @@ def test_make_sidecar_records_a_fixed_batch(tmp_path):
     build = trt_export.EngineBuild(b"x", plan_precision("fp16", 10), BatchRange.fixed(4), "10.3.0", [4, 3, 16, 16], None, None, False, 1.0)
     sidecar = make_sidecar(build, GPU, tmp_path / "m.onnx", {"embedding_dim": "16", "batch": "4", "precision": "fp32"}, "device")
     assert sidecar["metadata"]["batch"] == "4" and sidecar["metadata"]["precision"] == "fp16"
-    assert sidecar["engine_sha256"] == trt_export.sha256_bytes(b"x")
+    assert sidecar["engine_sha256"] == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"  # SHA-256 of b"x"
 
 
 # ---- the CLI -----------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ def test_mobilenetv2_and_resnet18_have_their_reference_parameter_counts():
     """Backbones without classifier: MobileNetV2 2,223,872 and ResNet-18 11,176,512 parameters."""
     assert sum(p.numel() for p in create_backbone("mobilenetv2").parameters()) == 2_223_872
     assert sum(p.numel() for p in create_backbone("resnet18").parameters()) == 11_176_512
+    # tiny by hand: 3x3 convs 3->32->64->128->128 without bias, 9 * 26,720 = 240,480, and BatchNorm's 2 * 352
+    assert sum(p.numel() for p in create_backbone("tiny").parameters()) == 241_184
 
 
 def test_unknown_backbone_lists_the_known_ones():
@@ -85,9 +87,25 @@ def test_timm_backbone_is_created_without_pretrained_download(monkeypatch):
         create_backbone("timm:missing_net")
 
 
+class FixedFeatures(torch.nn.Module):
+    """A backbone whose pooled features are the first two pixels of channel 0: known numbers in, known numbers out."""
+
+    num_features = 2
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, 0, 0, :2]
+
+
 def test_embed_raw_is_the_unnormalized_head_output():
-    model = build_model("tiny", dim=8).eval()
-    images = torch.randn(3, 3, 16, 16)
+    """Head weight [[2, 0], [0, 2]], bias [1, -1]. Features (3, 4) give raw (7, 7), norm 7 sqrt 2, so the
+    embedding is (1, 1) / sqrt 2; features (0, 0.5) give raw (1, 0) and embedding (1, 0); (-1, 0) gives (-1, -1)."""
+    model = EmbeddingModel(FixedFeatures(), dim=2)
     with torch.no_grad():
-        raw = model.embed_raw(images)
-        torch.testing.assert_close(model(images), raw / raw.norm(dim=1, keepdim=True))
+        model.head.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+        model.head.bias.copy_(torch.tensor([1.0, -1.0]))
+    images = torch.zeros(3, 3, 1, 2)
+    images[:, 0, 0] = torch.tensor([[3.0, 4.0], [0.0, 0.5], [-1.0, 0.0]])
+    with torch.no_grad():
+        raw, embedded = model.embed_raw(images), model(images)
+    torch.testing.assert_close(raw, torch.tensor([[7.0, 7.0], [1.0, 0.0], [-1.0, -1.0]]))
+    torch.testing.assert_close(embedded, torch.tensor([[0.5**0.5, 0.5**0.5], [1.0, 0.0], [-(0.5**0.5), -(0.5**0.5)]]))

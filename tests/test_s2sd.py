@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from edgedml.config import TrainConfig
 from edgedml.distill import AuxiliaryHeads, S2SDLoss, similarity_kl
+from edgedml.errors import ConfigError
 from edgedml.losses import ShadowLoss
 from edgedml.training import Trainer
 from edgedml.training.evaluate import load_run_model
@@ -113,7 +114,7 @@ def test_post_hoc_teacher_stays_frozen_and_teaches(tmp_path):
         assert torch.equal(value.cpu(), before["model." + name]), name  # weights and BatchNorm statistics untouched
     last = load_file(str(tmp_path / "student" / "last.safetensors"))
     assert not any(".teacher." in key or key.startswith("loss.teacher") for key in last)
-    with pytest.raises(Exception, match="choose one"):
+    with pytest.raises(ConfigError, match=r"^--distill s2sd and --teacher are two ways to distill; choose one$"):
         TrainConfig.from_sources(overrides={**teacher_options, "distill": "s2sd", "teacher": "x"})
 
 

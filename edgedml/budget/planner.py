@@ -98,6 +98,11 @@ def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _image_batch_bytes(batch_size: int, input_size: int) -> int:
+    """A float32 (B, 3, S, S) input batch."""
+    return batch_size * 3 * input_size**2 * 4
+
+
 class StepTracer:
     """Traces one configuration's training step at any batch and memory size.
 
@@ -170,7 +175,7 @@ class StepTracer:
         else:
             deltas, mark = self._trace_model_step(batch_size)
         activations, peak = sum(deltas[:mark]), running_peak(deltas)
-        images_bytes = batch_size * 3 * self.input_size**2 * 4
+        images_bytes = _image_batch_bytes(batch_size, self.input_size)
         self._model_cache[batch_size] = (activations, peak + images_bytes)
         return self._model_cache[batch_size]
 
@@ -275,7 +280,7 @@ class _FakeTeacher:
     def forward_peak(self, batch_size: int) -> int:
         with self.fake_mode, torch.no_grad(), AllocationTimeline() as timeline:
             self.model(torch.empty(batch_size, 3, self.input_size, self.input_size, device=self.device))
-        return timeline.peak_bytes() + batch_size * 3 * self.input_size**2 * 4
+        return timeline.peak_bytes() + _image_batch_bytes(batch_size, self.input_size)
 
 
 # ---- fitting to a budget ---------------------------------------------------------------

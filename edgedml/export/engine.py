@@ -206,7 +206,7 @@ def _write_checked_engine(engine_path: Path, build: EngineBuild, sidecar: dict[s
 def check_engine(embedder: TensorRTEmbedder, reference_onnx: Path, run_dir: Path, precision: str) -> dict[str, float]:
     """Cosine between the engine's and the fp32 ONNX's embeddings of the run's check images."""
     images = check_images(run_dir).numpy()
-    reference = OnnxRuntimeEmbedder(reference_onnx, ["CPUExecutionProvider"]).embed(images)
+    reference = OnnxRuntimeEmbedder.on_cpu(reference_onnx).embed(images)
     check = {**cosine_check(embedder.embed(images), reference), "images": int(len(images))}
     if not check["min_cosine"] >= ENGINE_MIN_COSINE[precision]:
         raise ExportError(

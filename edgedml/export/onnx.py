@@ -269,7 +269,7 @@ def _exported(final: Path, written: Path, precision_name: str, started: float, c
 
 def _check_reduced(path: Path, images: torch.Tensor, expected: np.ndarray, precision_name: str, floor: float) -> dict[str, float]:
     """Per-embedding cosine of a reduced-precision file against PyTorch; ExportError below ``floor`` or non-finite."""
-    got = OnnxRuntimeEmbedder(path, ["CPUExecutionProvider"]).embed(images.numpy())
+    got = OnnxRuntimeEmbedder.on_cpu(path).embed(images.numpy())
     check = cosine_check(got, expected)
     if not check["min_cosine"] >= floor:  # NaN (non-finite output) fails too
         hint = "export without --half" if precision_name == "fp16" else "calibrate on images like the ones it will embed (--calib-data), or use --half"
@@ -309,7 +309,7 @@ def _score(model: EmbeddingModel, test: list[Sample], input_size: int, files: di
         return None, 0
     for name, exported in files.items():
         progress.stage(f"Recall@1 of {name} on the test classes", total=len(test))
-        embeddings, kept = embed_samples(OnnxRuntimeEmbedder(written[name], ["CPUExecutionProvider"]), test, progress=progress)
+        embeddings, kept = embed_samples(OnnxRuntimeEmbedder.on_cpu(written[name]), test, progress=progress)
         file_recall, file_map, _ = recall_and_map(torch.from_numpy(embeddings), labels[kept], ks=(1,))
         exported.recall_at_1, exported.map_at_r = file_recall[1], file_map
     return {"recall_at_1": recall[1], "map_at_r": map_at_r}, len(torch_labels)
@@ -350,7 +350,7 @@ def _quiet_exporter() -> Iterator[None]:
 
 def verify_onnx(path: Path, model: torch.nn.Module, images: torch.Tensor, tolerance: float) -> float:
     """Max |Δ| between onnxruntime and PyTorch on ``images``; ExportError above ``tolerance``."""
-    got = OnnxRuntimeEmbedder(path, ["CPUExecutionProvider"]).embed(images.numpy())
+    got = OnnxRuntimeEmbedder.on_cpu(path).embed(images.numpy())
     with torch.no_grad():
         expected = model(images).numpy()
     max_diff = float(np.abs(got - expected).max())

@@ -143,6 +143,11 @@ class OnnxRuntimeEmbedder(BatchedEmbedder):
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
+    @classmethod
+    def on_cpu(cls, path: str | Path) -> OnnxRuntimeEmbedder:
+        """The file on onnxruntime's CPU provider: how exports are checked against PyTorch, on any machine."""
+        return cls(path, ["CPUExecutionProvider"])
+
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
