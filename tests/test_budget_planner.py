@@ -137,11 +137,6 @@ def test_model_step_from_two_fake_traces_matches_real_steps_at_other_batch_sizes
     assert traced == [8, 16, 40, 100]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StepTracer.model_step adds the input images' bytes to a fake trace that already holds them (its "
-    "torch.empty(images) runs inside the AllocationTimeline), so model_step_peak is B * 3 * S * S * 4 bytes too high",
-)
 @pytest.mark.parametrize("overrides", MODEL_STEP_CONFIGS)
 def test_model_step_peak_equals_a_real_steps_peak(overrides, monkeypatch):
     monkeypatch.setattr(planner, "_trace_device", lambda: "cpu")

@@ -98,11 +98,6 @@ def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _image_batch_bytes(batch_size: int, input_size: int) -> int:
-    """A float32 (B, 3, S, S) input batch."""
-    return batch_size * 3 * input_size**2 * 4
-
-
 class StepTracer:
     """Traces one configuration's training step at any batch and memory size.
 
@@ -174,9 +169,8 @@ class StepTracer:
             deltas = [a + (b - a) * (batch_size - small) // (large - small) for a, b in zip(first, second, strict=True)]
         else:
             deltas, mark = self._trace_model_step(batch_size)
-        activations, peak = sum(deltas[:mark]), running_peak(deltas)
-        images_bytes = _image_batch_bytes(batch_size, self.input_size)
-        self._model_cache[batch_size] = (activations, peak + images_bytes)
+        # The input batch is created inside the trace (``_model_step``), so both figures hold it once.
+        self._model_cache[batch_size] = (sum(deltas[:mark]), running_peak(deltas))
         return self._model_cache[batch_size]
 
     def _trace_loss_step(self, batch_size: int, memory_size: int) -> tuple[int, list[int]]:
@@ -278,9 +272,10 @@ class _FakeTeacher:
         self.parameters = _tensor_bytes(self.model.parameters()) + _tensor_bytes(self.model.buffers())
 
     def forward_peak(self, batch_size: int) -> int:
+        """The teacher's no-grad forward, its input batch (resized to its own input size) counted once."""
         with self.fake_mode, torch.no_grad(), AllocationTimeline() as timeline:
             self.model(torch.empty(batch_size, 3, self.input_size, self.input_size, device=self.device))
-        return timeline.peak_bytes() + _image_batch_bytes(batch_size, self.input_size)
+        return timeline.peak_bytes()
 
 
 # ---- fitting to a budget ---------------------------------------------------------------
