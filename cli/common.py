@@ -22,7 +22,9 @@ err_console = Console(stderr=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
 DataOption = Annotated[
     str | None,
-    typer.Option("--data", help="digits, glyphs, an image folder (root/<class>/<image>) or a CSV manifest (path,label[,split])."),
+    typer.Option(
+        "--data", help="digits, glyphs, an image folder (root/<class>/<image>) or a CSV manifest (path,label[,split])."
+    ),
 ]
 RunDirArgument = Annotated[Path, typer.Argument(help="A run directory written by edgedml train.", show_default=False)]
 

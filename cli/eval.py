@@ -6,15 +6,24 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from edgedml.cli.common import DataOption, JsonOption, console, library_errors, metric_rows, metrics_table, print_json, setup_logging
+from edgedml.cli.common import (
+    DataOption,
+    JsonOption,
+    console,
+    library_errors,
+    metric_rows,
+    metrics_table,
+    print_json,
+    setup_logging,
+)
 from edgedml.cli.index import RuntimeOption
 from edgedml.cli.progress import RichProgress
 
 
 def evaluate(
     model: Annotated[
-        Path, typer.Argument(help="A run directory, or a model it exported (.onnx, TensorRT .engine).", show_default=False)
+        Path,
+        typer.Argument(help="A run directory, or a model it exported (.onnx, TensorRT .engine).", show_default=False),
     ],
     data: DataOption = None,
     split: Annotated[str, typer.Option("--split", help="test (unseen classes) | val | train.")] = "test",
@@ -31,7 +40,9 @@ def evaluate(
     from edgedml.retrieval.evaluate import evaluate_model
 
     with library_errors(), RichProgress(hidden=json_output) as progress:
-        metrics = evaluate_model(model, data=data, split=split, checkpoint=checkpoint, runtime=runtime, device=device, progress=progress)
+        metrics = evaluate_model(
+            model, data=data, split=split, checkpoint=checkpoint, runtime=runtime, device=device, progress=progress
+        )
     result = metrics.to_dict()
     if json_output:
         print_json(result)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-
-from edgedml import __version__
 from edgedml.cli.bench import bench
 from edgedml.cli.eval import evaluate
 from edgedml.cli.export import export
@@ -16,6 +14,8 @@ from edgedml.cli.profiles import profiles_app
 from edgedml.cli.quickstart import quickstart
 from edgedml.cli.search import search
 from edgedml.cli.train import train
+
+from edgedml import __version__
 
 app = typer.Typer(
     name="edgedml",
@@ -44,7 +44,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """Train image-embedding models for retrieval on small NVIDIA devices, and ship them."""
 

@@ -6,28 +6,43 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from edgedml.cli.common import DataOption, JsonOption, console, library_errors, print_json, setup_logging
 from rich.markup import escape
 
-from edgedml.cli.common import DataOption, JsonOption, console, library_errors, print_json, setup_logging
 from edgedml.config import TrainConfig
 from edgedml.units import format_bytes
 
 
 def profile(
     out: Annotated[Path, typer.Option("--out", help="Folder for report.json, report.md and the plots.")],
-    profile_name: Annotated[str | None, typer.Option("--profile", help="Plan for this device profile (edgedml profiles list) or YAML file; default: this machine.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Training config YAML (the keys of edgedml train).")] = None,
-    budget: Annotated[str | None, typer.Option("--budget", help="Memory this run may use, e.g. 2.5GiB (default: what the device has free).")] = None,
+    profile_name: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            help="Plan for this device profile (edgedml profiles list) or YAML file; default: this machine.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Training config YAML (the keys of edgedml train).")
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option("--budget", help="Memory this run may use, e.g. 2.5GiB (default: what the device has free)."),
+    ] = None,
     data: DataOption = None,
     backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name.")] = None,
     input_size: Annotated[int | None, typer.Option("--input-size", help="Input side in pixels.")] = None,
     dim: Annotated[int | None, typer.Option("--dim", help="Embedding dimension.")] = None,
     batch_size: Annotated[str | None, typer.Option("--batch-size", help="Images per batch, or auto.")] = None,
-    samples_per_class: Annotated[int | None, typer.Option("--samples-per-class", help="K, images per class in a batch.")] = None,
+    samples_per_class: Annotated[
+        int | None, typer.Option("--samples-per-class", help="K, images per class in a batch.")
+    ] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="Loss name.")] = None,
     mining: Annotated[str | None, typer.Option("--mining", help="all | hard | semihard.")] = None,
     memory: Annotated[str | None, typer.Option("--memory", help="none | xbm | xbn | axbn.")] = None,
-    memory_size: Annotated[str | None, typer.Option("--memory-size", help="Count, fraction of the training set, or auto.")] = None,
+    memory_size: Annotated[
+        str | None, typer.Option("--memory-size", help="Count, fraction of the training set, or auto.")
+    ] = None,
     memory_storage: Annotated[str | None, typer.Option("--memory-storage", help="fp32 | fp16.")] = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw | adam | sgd.")] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Plan for mixed precision.")] = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgedml.cli.common import err_console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -14,7 +15,6 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichBars
 
-from edgedml.cli.common import err_console
 from edgedml.progress import Progress
 
 

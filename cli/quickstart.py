@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
-
 from edgedml.cli.common import console, library_errors, metric_rows, metrics_table, setup_logging
 from edgedml.cli.export import export_table
 from edgedml.cli.progress import RichProgress
+from rich.markup import escape
+from rich.table import Table
+
 from edgedml.config import TrainConfig
 
 # Tuned for 2 CPU cores: 5 training digits x 12 images per batch, 32 px, the tiny backbone.
@@ -45,14 +45,19 @@ S2SD = {"distill": "s2sd", "aux_dims": "512,1024", "distill_weight": 1.0}
 
 
 def quickstart(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the quick-start runs (replaced if present).")] = Path("runs/quickstart"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the quick-start runs (replaced if present).")] = Path(
+        "runs/quickstart"
+    ),
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs of each run.")] = QUICKSTART["epochs"],
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Train on digits 0-4 with Shadow loss, evaluate retrieval on the unseen digits 5-9, distill to 16-d."""
     setup_logging()
-    console.print("[bold]edgedml quickstart[/]: Shadow loss on scikit-learn's handwritten digits; "
-                  "train on digits 0-4, retrieve among the never-seen digits 5-9.", soft_wrap=True)
+    console.print(
+        "[bold]edgedml quickstart[/]: Shadow loss on scikit-learn's handwritten digits; "
+        "train on digits 0-4, retrieve among the never-seen digits 5-9.",
+        soft_wrap=True,
+    )
     base = {**QUICKSTART, "epochs": epochs, "seed": seed}
     main = _train("1/5 Shadow loss, 64-d embedding", base, out / "shadow-64d")
     console.print(metrics_table("retrieval on the unseen digits 5-9 (64-d)", metric_rows(main)))
@@ -61,11 +66,21 @@ def quickstart(
         f"after: Recall@1 {main['recall_at_1']:.4f}, MAP@R {main['map_at_r']:.4f}",
         soft_wrap=True,
     )
-    plain = _train(f"2/5 a {STUDENT_DIM}-d embedding trained alone", {**base, "dim": STUDENT_DIM}, out / f"plain-{STUDENT_DIM}d")
-    distilled = _train(f"3/5 the {STUDENT_DIM}-d embedding with S2SD (heads 512, 1024)", {**base, "dim": STUDENT_DIM, **S2SD}, out / f"s2sd-{STUDENT_DIM}d")
-    console.print(_comparison([("shadow-64d", main), (f"plain-{STUDENT_DIM}d", plain), (f"s2sd-{STUDENT_DIM}d", distilled)]))
+    plain = _train(
+        f"2/5 a {STUDENT_DIM}-d embedding trained alone", {**base, "dim": STUDENT_DIM}, out / f"plain-{STUDENT_DIM}d"
+    )
+    distilled = _train(
+        f"3/5 the {STUDENT_DIM}-d embedding with S2SD (heads 512, 1024)",
+        {**base, "dim": STUDENT_DIM, **S2SD},
+        out / f"s2sd-{STUDENT_DIM}d",
+    )
+    console.print(
+        _comparison([("shadow-64d", main), (f"plain-{STUDENT_DIM}d", plain), (f"s2sd-{STUDENT_DIM}d", distilled)])
+    )
     shipped = _export("4/5 export the 16-d S2SD model: ONNX fp32, fp16, int8", out / f"s2sd-{STUDENT_DIM}d")
-    index_dir, queries = _index_and_search("5/5 index the unseen digits with the int8 model, search held-out queries", shipped, out)
+    index_dir, queries = _index_and_search(
+        "5/5 index the unseen digits with the int8 model, search held-out queries", shipped, out
+    )
     console.print(f"runs, exports and the index written to {escape(str(out))}", soft_wrap=True)
     console.print("next commands to try:")
     for command in (
@@ -121,10 +136,15 @@ def _index_and_search(title: str, model: Path, out: Path) -> tuple[Path, list[Pa
     for rank in range(1, 6):
         table.add_column(f"#{rank}", justify="right")
     for query, result in zip(queries, results, strict=True):
-        cells = [f"{'[green]' if hit.label == query.stem else '[red]'}{escape(hit.label)}[/]: {hit.score:.3f}" for hit in result.hits]
+        cells = [
+            f"{'[green]' if hit.label == query.stem else '[red]'}{escape(hit.label)}[/]: {hit.score:.3f}"
+            for hit in result.hits
+        ]
         table.add_row(escape(query.name), *cells)
     console.print(table)
-    correct = sum(hit.label == query.stem for query, result in zip(queries, results, strict=True) for hit in result.hits)
+    correct = sum(
+        hit.label == query.stem for query, result in zip(queries, results, strict=True) for hit in result.hits
+    )
     console.print(f"{correct} of {5 * len(queries)} neighbours share the query's digit", soft_wrap=True)
     return out / "index", queries
 
@@ -136,7 +156,12 @@ def _comparison(runs: list[tuple[str, dict[str, Any]]]) -> Table:
     for name, summary in runs:
         dim = name.split("-")[-1]
         table.add_row(
-            name, dim, f"{summary['parameters']:,}", f"{summary['parameters_training']:,}",
-            f"{summary['recall_at_1']:.4f}", f"{summary['map_at_r']:.4f}", f"{summary['wall_s']:.1f}",
+            name,
+            dim,
+            f"{summary['parameters']:,}",
+            f"{summary['parameters_training']:,}",
+            f"{summary['recall_at_1']:.4f}",
+            f"{summary['map_at_r']:.4f}",
+            f"{summary['wall_s']:.1f}",
         )
     return table

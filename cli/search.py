@@ -6,18 +6,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
-
 from edgedml.cli.common import JsonOption, console, fail, library_errors, print_json, setup_logging
 from edgedml.cli.index import DeviceOption, RuntimeOption
+from rich.markup import escape
+from rich.table import Table
 
 
 def search(
     index_dir: Annotated[Path, typer.Argument(help="An index directory written by edgedml index.", show_default=False)],
     images: Annotated[list[Path], typer.Argument(help="Query image files.", show_default=False)],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Results per query.")] = 10,
-    model: Annotated[Path | None, typer.Option("--model", help="The index's model at another location (checked against the index).")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="The index's model at another location (checked against the index).")
+    ] = None,
     nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF cells to scan (default: the index's).")] = None,
     runtime: RuntimeOption = None,
     device: DeviceOption = "cpu",
@@ -30,7 +31,9 @@ def search(
     from edgedml.retrieval.search import search as search_index
 
     with library_errors():
-        results = search_index(index_dir, images, top_k=top_k, model=model, nprobe=nprobe, runtime=runtime, device=device)
+        results = search_index(
+            index_dir, images, top_k=top_k, model=model, nprobe=nprobe, runtime=runtime, device=device
+        )
     if json_output:
         print_json([result.to_dict() for result in results])
         return

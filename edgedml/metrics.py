@@ -51,9 +51,7 @@ class RetrievalMetrics:
         }
 
 
-def ranked_neighbours(
-    embeddings: torch.Tensor, depth: int, chunk: int = 1024
-) -> tuple[torch.Tensor, torch.Tensor]:
+def ranked_neighbours(embeddings: torch.Tensor, depth: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices and similarities of each item's ``depth`` nearest others: (N, depth) each."""
     normalized = F.normalize(embeddings.float(), dim=1)
     count = len(normalized)

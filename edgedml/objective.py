@@ -58,7 +58,13 @@ class Objective(nn.Module):
 
     @property
     def memory_loss(self) -> CrossBatchLoss | None:
-        base = self.loss.base_loss if self.kind == "s2sd" else self.loss.student_loss if self.kind == "teacher" else self.loss
+        base = (
+            self.loss.base_loss
+            if self.kind == "s2sd"
+            else self.loss.student_loss
+            if self.kind == "teacher"
+            else self.loss
+        )
         return base if isinstance(base, CrossBatchLoss) else None
 
     def forward(self, outputs: StepOutputs, labels: torch.Tensor) -> torch.Tensor:
@@ -79,19 +85,33 @@ def build_objective(
     """memory_size: resolved slot count (0: no memory); teacher: (frozen model, its input size) for ``--teacher``."""
     base: nn.Module = _run_loss(config)
     if config.memory != "none" and memory_size > 0:
-        adapter = build_memory_adapter(config.memory, config.dim, config.axbn_q, config.axbn_r, config.axbn_p0, config.axbn_gain_interval)
+        adapter = build_memory_adapter(
+            config.memory, config.dim, config.axbn_q, config.axbn_r, config.axbn_p0, config.axbn_gain_interval
+        )
         memory = CrossBatchMemory(memory_size, config.dim, config.memory_storage)
-        base = CrossBatchLoss(base, memory, adapter, config.memory_warmup, config.memory_weight, config.memory_batch_loss, gather)
+        base = CrossBatchLoss(
+            base, memory, adapter, config.memory_warmup, config.memory_weight, config.memory_batch_loss, gather
+        )
     if config.distill == "s2sd":
         aux_losses = [_run_loss(config) for _ in config.aux_dim_list]
         return Objective(
-            S2SDLoss(base, aux_losses, config.distill_weight, config.distill_temperature,
-                     config.feature_distill_weight, config.feature_distill_delay, config.feature_distill),
+            S2SDLoss(
+                base,
+                aux_losses,
+                config.distill_weight,
+                config.distill_temperature,
+                config.feature_distill_weight,
+                config.feature_distill_delay,
+                config.feature_distill,
+            ),
             kind="s2sd",
         )
     if teacher is not None:
         model, input_size = teacher
-        return Objective(TeacherDistillLoss(base, model, input_size, config.distill_weight, config.distill_temperature), kind="teacher")
+        return Objective(
+            TeacherDistillLoss(base, model, input_size, config.distill_weight, config.distill_temperature),
+            kind="teacher",
+        )
     return Objective(base)
 
 

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from edgedml.errors import ConfigError
-from edgedml.export.bench import MIN_ITERATIONS, BatchTiming, BenchPlan, bench, open_model, parse_batches, resolve_batches
+from edgedml.export.bench import (
+    MIN_ITERATIONS,
+    BatchTiming,
+    BenchPlan,
+    bench,
+    open_model,
+    parse_batches,
+    resolve_batches,
+)
 from edgedml.export.onnx import export_onnx
 from edgedml.export.runtime import ModelInfo
 
@@ -33,7 +41,9 @@ class FakeEmbedder:
 
     def __init__(self, durations: list[float], clock: FakeClock, batch: int | None = None):
         self.path = Path("fake.onnx")
-        self.info = ModelInfo(dim=8, input_size=INPUT_SIZE, mean=(0.5,) * 3, std=(0.5,) * 3, precision="int8", batch=batch)
+        self.info = ModelInfo(
+            dim=8, input_size=INPUT_SIZE, mean=(0.5,) * 3, std=(0.5,) * 3, precision="int8", batch=batch
+        )
         self.durations = list(durations)
         self.clock = clock
         self.shapes: list[tuple[int, ...]] = []
@@ -57,10 +67,24 @@ def test_percentiles_and_throughput_by_hand_and_warm_up_not_counted():
     (timing,) = result.timings
     # sorted 1..10 ms, linear interpolation at (n - 1) q: p50 at 4.5 -> 5.5; p90 at 8.1 -> 9.1; p99 at 8.91 -> 9.91
     assert timing.batch == 4 and timing.iterations == 10
-    assert timing.p50_ms == pytest.approx(5.5) and timing.p90_ms == pytest.approx(9.1) and timing.p99_ms == pytest.approx(9.91)
-    assert timing.mean_ms == pytest.approx(5.5) and timing.min_ms == pytest.approx(1.0) and timing.max_ms == pytest.approx(10.0)
+    assert (
+        timing.p50_ms == pytest.approx(5.5)
+        and timing.p90_ms == pytest.approx(9.1)
+        and timing.p99_ms == pytest.approx(9.91)
+    )
+    assert (
+        timing.mean_ms == pytest.approx(5.5)
+        and timing.min_ms == pytest.approx(1.0)
+        and timing.max_ms == pytest.approx(10.0)
+    )
     assert timing.images_per_s == pytest.approx(4 * 10 / 0.055)  # 40 images in 55 ms
-    assert (result.runtime, result.precision, result.input_size, result.dim, result.warmup) == ("fake", "int8", 16, 8, 2)
+    assert (result.runtime, result.precision, result.input_size, result.dim, result.warmup) == (
+        "fake",
+        "int8",
+        16,
+        8,
+        2,
+    )
 
 
 def test_each_batch_size_gets_its_own_warm_up_and_calls():
@@ -68,11 +92,16 @@ def test_each_batch_size_gets_its_own_warm_up_and_calls():
     embedder = FakeEmbedder([0.5] + [0.002] * 3 + [0.5] + [0.004] * 3, clock)
     result = bench(embedder, [1, 8], BenchPlan(warmup=1, iterations=3), clock=clock)
     assert [s[0] for s in embedder.shapes] == [1, 1, 1, 1, 8, 8, 8, 8]
-    assert [(t.batch, t.p50_ms, t.max_ms) for t in result.timings] == [(1, pytest.approx(2.0), pytest.approx(2.0)), (8, pytest.approx(4.0), pytest.approx(4.0))]
+    assert [(t.batch, t.p50_ms, t.max_ms) for t in result.timings] == [
+        (1, pytest.approx(2.0), pytest.approx(2.0)),
+        (8, pytest.approx(4.0), pytest.approx(4.0)),
+    ]
     assert result.timings[1].images_per_s == pytest.approx(8 / 0.004)
 
 
-@pytest.mark.parametrize(("call_s", "budget_s", "calls"), [(0.003, 0.02, MIN_ITERATIONS), (0.005, 0.098, 20), (0.004, 0.041, 11)])
+@pytest.mark.parametrize(
+    ("call_s", "budget_s", "calls"), [(0.003, 0.02, MIN_ITERATIONS), (0.005, 0.098, 20), (0.004, 0.041, 11)]
+)
 def test_a_time_budget_times_calls_until_it_is_spent_but_at_least_the_minimum(call_s, budget_s, calls):
     clock = FakeClock()
     embedder = FakeEmbedder([call_s] * 100, clock)
@@ -82,7 +111,11 @@ def test_a_time_budget_times_calls_until_it_is_spent_but_at_least_the_minimum(ca
 
 def test_batch_timing_of_one_call():
     timing = BatchTiming.from_seconds(3, [0.02])
-    assert (timing.p50_ms, timing.p99_ms, timing.images_per_s) == (pytest.approx(20.0), pytest.approx(20.0), pytest.approx(150.0))
+    assert (timing.p50_ms, timing.p99_ms, timing.images_per_s) == (
+        pytest.approx(20.0),
+        pytest.approx(20.0),
+        pytest.approx(150.0),
+    )
 
 
 def test_a_fixed_batch_model_is_timed_at_its_own_batch_only():
@@ -108,8 +141,12 @@ def test_batch_strings():
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"iterations": 3, "seconds": 1.0}, "exclude each other"), ({"warmup": -1}, "--warmup"), ({"iterations": 0}, "--iters"),
-     ({"seconds": 0.0}, "--seconds")],
+    [
+        ({"iterations": 3, "seconds": 1.0}, "exclude each other"),
+        ({"warmup": -1}, "--warmup"),
+        ({"iterations": 0}, "--iters"),
+        ({"seconds": 0.0}, "--seconds"),
+    ],
 )
 def test_bad_plans(options, message):
     with pytest.raises(ConfigError, match=message):
@@ -143,11 +180,30 @@ def test_onnxruntime_gets_the_thread_count(exported):
 
 def test_cli_bench_onnx_json_and_out_file(cli, exported, tmp_path):
     out = tmp_path / "reports" / "bench.json"
-    result = cli("bench", exported["dynamic"], "--batch", "1,3", "--warmup", "1", "--iters", "4", "--threads", "1", "--json", "--out", out)
+    result = cli(
+        "bench",
+        exported["dynamic"],
+        "--batch",
+        "1,3",
+        "--warmup",
+        "1",
+        "--iters",
+        "4",
+        "--threads",
+        "1",
+        "--json",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, str(result)
     printed = json.loads(result.stdout)
     assert json.loads(out.read_text()) == printed
-    assert (printed["runtime"], printed["precision"], printed["threads"], printed["input_size"]) == ("onnxruntime", "fp32", 1, 16)
+    assert (printed["runtime"], printed["precision"], printed["threads"], printed["input_size"]) == (
+        "onnxruntime",
+        "fp32",
+        1,
+        16,
+    )
     assert [(t["batch"], t["iterations"]) for t in printed["timings"]] == [(1, 4), (3, 4)]
     for t in printed["timings"]:
         assert 0 < t["min_ms"] <= t["p50_ms"] <= t["p90_ms"] <= t["p99_ms"] <= t["max_ms"]
@@ -175,9 +231,13 @@ def test_cli_bench_fixed_batch(cli, exported):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--batch", "1,x"], "error: --batch '1,x'"), (["--iters", "2", "--seconds", "1"], "exclude each other"),
-     (["--runtime", "torch"], "--runtime torch cannot run"), (["--device", "tpu"], "--device 'tpu'"),
-     (["--threads", "0"], "--threads 0")],
+    [
+        (["--batch", "1,x"], "error: --batch '1,x'"),
+        (["--iters", "2", "--seconds", "1"], "exclude each other"),
+        (["--runtime", "torch"], "--runtime torch cannot run"),
+        (["--device", "tpu"], "--device 'tpu'"),
+        (["--threads", "0"], "--threads 0"),
+    ],
 )
 def test_cli_bench_errors_are_one_line(cli, exported, args, message):
     result = cli("bench", exported["dynamic"], *args)

@@ -41,7 +41,9 @@ def test_parameters_gradients_and_optimizer_state_are_counted_exactly():
     assert tracer.gradients == parameter_bytes
     assert tracer.buffers == running_stats_bytes
     parameter_tensors = 2 * len(widths) + len(widths) + 2  # conv weights, BN weight+bias, head weight+bias
-    assert tracer.optimizer_state == 2 * parameter_bytes + 4 * parameter_tensors  # exp_avg, exp_avg_sq, a float32 step each
+    assert (
+        tracer.optimizer_state == 2 * parameter_bytes + 4 * parameter_tensors
+    )  # exp_avg, exp_avg_sq, a float32 step each
     assert StepTracer(config(optimizer="sgd"), input_size=16).optimizer_state == parameter_bytes  # momentum buffers
 
 
@@ -122,7 +124,9 @@ def test_model_step_from_two_fake_traces_matches_real_steps_at_other_batch_sizes
     monkeypatch.setattr(planner, "_trace_device", lambda: "cpu")  # fake and real on the same device everywhere
     traced = []
     trace = StepTracer._trace_model_step
-    monkeypatch.setattr(StepTracer, "_trace_model_step", lambda self, batch_size: traced.append(batch_size) or trace(self, batch_size))
+    monkeypatch.setattr(
+        StepTracer, "_trace_model_step", lambda self, batch_size: traced.append(batch_size) or trace(self, batch_size)
+    )
     cfg = config(**overrides)
     tracer = StepTracer(cfg, input_size=16)
     for batch_size in (40, 100):
@@ -177,7 +181,14 @@ def test_budget_too_small_says_what_the_minimum_needs_and_what_to_change():
 
 
 def test_explicit_budget_wins_over_free_memory_and_sizes_parse():
-    device = DeviceMemory(source="test", name="gpu", total_bytes=8 << 30, free_bytes=6 << 30, used_bytes=2 << 30, cuda_context_bytes=300 * MIB)
+    device = DeviceMemory(
+        source="test",
+        name="gpu",
+        total_bytes=8 << 30,
+        free_bytes=6 << 30,
+        used_bytes=2 << 30,
+        cuda_context_bytes=300 * MIB,
+    )
     assert make_budget(device).available == 6 << 30
     budget = make_budget(device, parse_bytes("2.5GiB"))
     assert (budget.available, budget.fixed, budget.source) == (int(2.5 * (1 << 30)), 300 * MIB, "--budget")
@@ -194,10 +205,19 @@ def test_train_with_auto_batch_records_the_chosen_size(tmp_path):
         (folder / f"c{c}").mkdir(parents=True)
         for i in range(6):
             Image.new("RGB", (16, 16), (40 * c, 10 * i, 0)).save(folder / f"c{c}" / f"{i}.png")
-    cfg = TrainConfig.from_sources(overrides=dict(
-        data=str(folder), backbone="tiny", dim=8, input_size=16, batch_size="auto", samples_per_class=2,
-        budget="60MiB", epochs=1, device="cpu",
-    ))
+    cfg = TrainConfig.from_sources(
+        overrides=dict(
+            data=str(folder),
+            backbone="tiny",
+            dim=8,
+            input_size=16,
+            batch_size="auto",
+            samples_per_class=2,
+            budget="60MiB",
+            epochs=1,
+            device="cpu",
+        )
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     assert isinstance(trainer.config.batch_size, int) and trainer.config.batch_size % 2 == 0
     assert trainer.plan is not None and trainer.plan.batch_size == trainer.config.batch_size
@@ -207,26 +227,53 @@ def test_train_with_auto_batch_records_the_chosen_size(tmp_path):
 
 
 def test_profile_command_writes_a_report_that_reads_back(tmp_path):
+    from edgedml.cli.main import app
     from typer.testing import CliRunner
 
-    from edgedml.cli.main import app
-
     out = tmp_path / "report"
-    result = CliRunner().invoke(app, [
-        "profile", "--out", str(out), "--backbone", "tiny", "--input-size", "16", "--dim", "16",
-        "--batch-size", "auto", "--memory", "xbn", "--memory-size", "auto", "--budget", "48MiB", "--no-measure",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "profile",
+            "--out",
+            str(out),
+            "--backbone",
+            "tiny",
+            "--input-size",
+            "16",
+            "--dim",
+            "16",
+            "--batch-size",
+            "auto",
+            "--memory",
+            "xbn",
+            "--memory-size",
+            "auto",
+            "--budget",
+            "48MiB",
+            "--no-measure",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["fits"] and report["plan"]["required_bytes"] <= report["budget"]["available"] == 48 * MIB
     assert report["plan"]["memory_size"] > 0 and report["memory_curve"]
-    assert set(report["plan"]["estimate"]["breakdown"]) >= {"parameters", "gradients", "optimizer_state", "activations", "loss_buffers", "cross_batch_memory"}
+    assert set(report["plan"]["estimate"]["breakdown"]) >= {
+        "parameters",
+        "gradients",
+        "optimizer_state",
+        "activations",
+        "loss_buffers",
+        "cross_batch_memory",
+    }
     markdown = (out / "report.md").read_text()
     assert "**Fits.**" in markdown and f"--batch-size {report['plan']['batch_size']}" in markdown
     for name in ("peak_vs_batch.png", "peak_vs_memory.png", "breakdown.png"):
         with Image.open(out / name) as image:
             assert image.size[0] > 300
-    small = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "tiny"), "--backbone", "tiny", "--budget", "1MiB", "--no-measure"])
+    small = CliRunner().invoke(
+        app, ["profile", "--out", str(tmp_path / "tiny"), "--backbone", "tiny", "--budget", "1MiB", "--no-measure"]
+    )
     assert small.exit_code == 0 and "does not fit" in small.output
     assert json.loads((tmp_path / "tiny" / "report.json").read_text())["fits"] is False
 
@@ -243,7 +290,9 @@ def real_loss_step_peak(cfg: TrainConfig, batch_size: int, memory_size: int) -> 
     outputs = StepOutputs(
         embeddings=torch.randn(batch_size, cfg.dim, generator=generator, requires_grad=True),
         features=torch.randn(batch_size, 128, generator=generator, requires_grad=True),  # the tiny backbone's 4 * 32
-        aux=[F.normalize(torch.randn(batch_size, d, generator=generator), dim=1).requires_grad_(True) for d in aux_dims],
+        aux=[
+            F.normalize(torch.randn(batch_size, d, generator=generator), dim=1).requires_grad_(True) for d in aux_dims
+        ],
     )
     labels = torch.arange(batch_size) // cfg.samples_per_class
     with AllocationTimeline() as timeline:
@@ -251,7 +300,9 @@ def real_loss_step_peak(cfg: TrainConfig, batch_size: int, memory_size: int) -> 
     return timeline.peak_bytes()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"memory": "xbn", "memory_warmup": 0}, {"distill": "s2sd", "aux_dims": "64"}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"memory": "xbn", "memory_warmup": 0}, {"distill": "s2sd", "aux_dims": "64"}]
+)
 def test_loss_step_from_three_traces_matches_real_steps_at_other_batch_sizes(overrides, monkeypatch):
     """The loss step is traced at batches 8, 16 and 24 and interpolated to 40 and 100; a real run of the objective at
     40 and 100 gives the same peak, and the memory bank is counted by hand: 300 x 16 float32 embeddings, 300 int64
@@ -263,7 +314,10 @@ def test_loss_step_from_three_traces_matches_real_steps_at_other_batch_sizes(ove
     memory_size = 300 if "memory" in overrides else 0
     bank_bytes = 300 * 16 * 4 + 300 * 8 + 8 + 8 if memory_size else 0
     for batch_size in (40, 100):
-        assert tracer.loss_step(batch_size, memory_size) == (bank_bytes, real_loss_step_peak(tracer.config, batch_size, memory_size))
+        assert tracer.loss_step(batch_size, memory_size) == (
+            bank_bytes,
+            real_loss_step_peak(tracer.config, batch_size, memory_size),
+        )
     assert traced == [8, 16, 24]  # 40 and 100 were interpolated, never traced
 
 

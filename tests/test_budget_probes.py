@@ -70,7 +70,13 @@ def make_pynvml(fail: dict[str, type[Exception]] | None = None, v2: bool = True,
     fail = fail or {}
     module = types.ModuleType("pynvml")
     module.calls = []
-    for error in (NVMLError, NVMLError_LibraryNotFound, NVMLError_NotSupported, NVMLError_DriverNotLoaded, NVMLError_FunctionNotFound):
+    for error in (
+        NVMLError,
+        NVMLError_LibraryNotFound,
+        NVMLError_NotSupported,
+        NVMLError_DriverNotLoaded,
+        NVMLError_FunctionNotFound,
+    ):
         setattr(module, error.__name__, error)
     if v2:
         module.nvmlMemory_v2 = 0x02000028
@@ -87,7 +93,9 @@ def make_pynvml(fail: dict[str, type[Exception]] | None = None, v2: bool = True,
     def memory(handle, version=None):
         if version is None:
             return types.SimpleNamespace(total=24 * GIB, free=20 * GIB, used=4 * GIB)
-        return types.SimpleNamespace(version=version, total=24 * GIB, free=20 * GIB, used=3 * GIB + 512 * MIB, reserved=512 * MIB)
+        return types.SimpleNamespace(
+            version=version, total=24 * GIB, free=20 * GIB, used=3 * GIB + 512 * MIB, reserved=512 * MIB
+        )
 
     def name_of(text):
         return text.encode() if bytes_names else text
@@ -110,7 +118,10 @@ def make_pynvml(fail: dict[str, type[Exception]] | None = None, v2: bool = True,
     )
     api(
         "nvmlDeviceGetGraphicsRunningProcesses",
-        lambda handle: [types.SimpleNamespace(pid=101, usedGpuMemory=1 * GIB), types.SimpleNamespace(pid=200, usedGpuMemory=256 * MIB)],
+        lambda handle: [
+            types.SimpleNamespace(pid=101, usedGpuMemory=1 * GIB),
+            types.SimpleNamespace(pid=200, usedGpuMemory=256 * MIB),
+        ],
     )
     return module
 
@@ -136,7 +147,13 @@ def desktop(tmp_path: Path, monkeypatch):
 
 def cuda_probe_answers(monkeypatch) -> None:
     def fake_probe_cuda(index=0):
-        return DeviceMemory(source="cuda-mem-get-info", name="NVIDIA GeForce RTX 4090", total_bytes=24 * GIB, free_bytes=19 * GIB, used_bytes=5 * GIB)
+        return DeviceMemory(
+            source="cuda-mem-get-info",
+            name="NVIDIA GeForce RTX 4090",
+            total_bytes=24 * GIB,
+            free_bytes=19 * GIB,
+            used_bytes=5 * GIB,
+        )
 
     monkeypatch.setattr(probes, "probe_cuda", fake_probe_cuda)
 
@@ -150,7 +167,11 @@ def test_nvml_reads_memory_reserved_driver_and_other_processes(monkeypatch):
     memory = probe_nvml(0)
     assert memory.source == "nvml"
     # the stub's v2 answer: used 3.5 GiB by allocations plus 512 MiB the driver reserves, so 4 GiB in all
-    assert (memory.total_bytes, memory.free_bytes, memory.used_bytes) == (24 * GIB, 20 * GIB, 3 * GIB + 512 * MIB + 512 * MIB)
+    assert (memory.total_bytes, memory.free_bytes, memory.used_bytes) == (
+        24 * GIB,
+        20 * GIB,
+        3 * GIB + 512 * MIB + 512 * MIB,
+    )
     assert memory.reserved_bytes == 512 * MIB
     assert ("nvmlDeviceGetMemoryInfo", ("handle-0",), {"version": 0x02000028}) in stub.calls  # the v2 query was asked
     assert memory.name == "NVIDIA GeForce RTX 4090" and memory.driver == "550.54.14"
@@ -193,7 +214,12 @@ def test_nvml_follows_torchs_device_by_uuid(monkeypatch):
 
 
 def test_nvml_process_list_not_supported_leaves_other_processes_unknown(monkeypatch):
-    stub = make_pynvml(fail={"nvmlDeviceGetComputeRunningProcesses": NVMLError_NotSupported, "nvmlDeviceGetGraphicsRunningProcesses": NVMLError_NotSupported})
+    stub = make_pynvml(
+        fail={
+            "nvmlDeviceGetComputeRunningProcesses": NVMLError_NotSupported,
+            "nvmlDeviceGetGraphicsRunningProcesses": NVMLError_NotSupported,
+        }
+    )
     monkeypatch.setitem(sys.modules, "pynvml", stub)
     memory = probe_nvml(0)
     assert memory.other_processes_bytes is None and memory.total_bytes == 24 * GIB
@@ -244,7 +270,10 @@ def test_no_nvml_and_no_cuda_probe_ends_on_host_memory(desktop, monkeypatch):
     monkeypatch.setattr(probes, "probe_cuda", no_cuda)
     memory = probe_device(0, **desktop)
     assert memory.source == "host" and memory.total_bytes == 32768000 * KIB and memory.free_bytes == 20480000 * KIB
-    assert memory.fallbacks == ["nvml: NVMLError_DriverNotLoaded: Driver Not Loaded", "cuda: mem_get_info failed (CUDA error: unknown error)"]
+    assert memory.fallbacks == [
+        "nvml: NVMLError_DriverNotLoaded: Driver Not Loaded",
+        "cuda: mem_get_info failed (CUDA error: unknown error)",
+    ]
 
 
 def test_without_a_cuda_device_training_is_planned_on_host_memory(tmp_path, monkeypatch):
@@ -253,12 +282,18 @@ def test_without_a_cuda_device_training_is_planned_on_host_memory(tmp_path, monk
     monkeypatch.setitem(sys.modules, "pynvml", stub)
 
     def no_device(index=0):
-        raise ProbeUnavailable("cuda: torch sees no CUDA device (CPU-only build, no driver, or CUDA_VISIBLE_DEVICES empty)")
+        raise ProbeUnavailable(
+            "cuda: torch sees no CUDA device (CPU-only build, no driver, or CUDA_VISIBLE_DEVICES empty)"
+        )
 
     monkeypatch.setattr(probes, "visible_cuda_device", no_device)
-    memory = probe_device(0, meminfo_path=tmp_path / "meminfo", model_path=tmp_path / "none", tegra_release_path=tmp_path / "none")
+    memory = probe_device(
+        0, meminfo_path=tmp_path / "meminfo", model_path=tmp_path / "none", tegra_release_path=tmp_path / "none"
+    )
     assert memory.source == "host" and not memory.integrated
-    assert memory.fallbacks == ["cuda: torch sees no CUDA device (CPU-only build, no driver, or CUDA_VISIBLE_DEVICES empty)"]
+    assert memory.fallbacks == [
+        "cuda: torch sees no CUDA device (CPU-only build, no driver, or CUDA_VISIBLE_DEVICES empty)"
+    ]
     assert stub.calls == []  # a GPU torch cannot use is not the training device
 
 
@@ -267,31 +302,50 @@ def test_the_real_torch_of_this_machine_gives_an_answer(tmp_path):
     import torch
 
     (tmp_path / "meminfo").write_text(DESKTOP_MEMINFO)
-    memory = probe_device(0, meminfo_path=tmp_path / "meminfo", model_path=tmp_path / "none", tegra_release_path=tmp_path / "none")
+    memory = probe_device(
+        0, meminfo_path=tmp_path / "meminfo", model_path=tmp_path / "none", tegra_release_path=tmp_path / "none"
+    )
     if torch.cuda.is_available():
         assert memory.source in ("nvml", "cuda-mem-get-info", "jetson-meminfo")
-        assert 0 < memory.total_bytes and 0 <= memory.free_bytes <= memory.total_bytes
+        assert memory.total_bytes > 0 and 0 <= memory.free_bytes <= memory.total_bytes
     else:  # the CPU is the training device: the fake meminfo's MemTotal and MemAvailable, in bytes
         assert (memory.source, memory.total_bytes, memory.free_bytes, memory.used_bytes) == (
-            "host", 32768000 * KIB, 20480000 * KIB, (32768000 - 20480000) * KIB
+            "host",
+            32768000 * KIB,
+            20480000 * KIB,
+            (32768000 - 20480000) * KIB,
         )
 
 
 # ---- Jetson ---------------------------------------------------------------------------------------
 
 
-def write_jetson(tmp_path: Path, meminfo: str = ORIN_MEMINFO, model: str | None = "NVIDIA Jetson Orin Nano Developer Kit\x00", release: str | None = None) -> dict:
+def write_jetson(
+    tmp_path: Path,
+    meminfo: str = ORIN_MEMINFO,
+    model: str | None = "NVIDIA Jetson Orin Nano Developer Kit\x00",
+    release: str | None = None,
+) -> dict:
     (tmp_path / "meminfo").write_text(meminfo)
     if model is not None:
         (tmp_path / "model").write_text(model)
     if release is not None:
         (tmp_path / "nv_tegra_release").write_text(release)
-    return {"meminfo_path": tmp_path / "meminfo", "model_path": tmp_path / "model", "tegra_release_path": tmp_path / "nv_tegra_release"}
+    return {
+        "meminfo_path": tmp_path / "meminfo",
+        "model_path": tmp_path / "model",
+        "tegra_release_path": tmp_path / "nv_tegra_release",
+    }
 
 
 def test_jetson_memory_comes_from_meminfo_with_nvmap(tmp_path):
-    paths = write_jetson(tmp_path, release="# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n")
-    memory = probe_jetson(paths["meminfo_path"], model_path=paths["model_path"], tegra_release_path=paths["tegra_release_path"])
+    paths = write_jetson(
+        tmp_path,
+        release="# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n",
+    )
+    memory = probe_jetson(
+        paths["meminfo_path"], model_path=paths["model_path"], tegra_release_path=paths["tegra_release_path"]
+    )
     assert memory.source == "jetson-meminfo" and memory.integrated
     assert (memory.total_bytes, memory.free_bytes) == (7813156 * KIB, 5120000 * KIB)
     assert memory.used_bytes == (7813156 - 5120000) * KIB  # MemTotal - MemAvailable, not MemTotal - MemFree
@@ -302,8 +356,14 @@ def test_jetson_memory_comes_from_meminfo_with_nvmap(tmp_path):
 
 
 def test_jetson_meminfo_without_nvmap(tmp_path):
-    paths = write_jetson(tmp_path, meminfo=ORIN_MEMINFO.replace("NvMapMemUsed:     409600 kB\n", ""), model="NVIDIA Jetson Nano Developer Kit")
-    memory = probe_jetson(paths["meminfo_path"], model_path=paths["model_path"], tegra_release_path=paths["tegra_release_path"])
+    paths = write_jetson(
+        tmp_path,
+        meminfo=ORIN_MEMINFO.replace("NvMapMemUsed:     409600 kB\n", ""),
+        model="NVIDIA Jetson Nano Developer Kit",
+    )
+    memory = probe_jetson(
+        paths["meminfo_path"], model_path=paths["model_path"], tegra_release_path=paths["tegra_release_path"]
+    )
     assert memory.other_processes_bytes is None and memory.free_bytes == 5120000 * KIB
     assert memory.compute_capability == (5, 3) and memory.driver is None
 
@@ -326,7 +386,9 @@ def test_jetson_meminfo_without_memavailable_is_unavailable(tmp_path):
 def test_a_jetson_is_probed_through_meminfo_and_never_nvml(tmp_path, monkeypatch, model, release):
     stub = make_pynvml()
     monkeypatch.setitem(sys.modules, "pynvml", stub)
-    monkeypatch.setattr(probes, "visible_cuda_device", lambda index=0: pytest.fail("torch.cuda is not asked on a Jetson"))
+    monkeypatch.setattr(
+        probes, "visible_cuda_device", lambda index=0: pytest.fail("torch.cuda is not asked on a Jetson")
+    )
     memory = probe_device(0, **write_jetson(tmp_path, model=model, release=release))
     assert memory.source == "jetson-meminfo" and memory.integrated and memory.fallbacks == []
     assert stub.calls == []
@@ -377,7 +439,9 @@ def test_when_nothing_can_be_read_the_error_says_to_use_a_profile(tmp_path, monk
     monkeypatch.setattr(probes, "visible_cuda_device", no_device)
     monkeypatch.setattr(probes, "_sysconf_memory", no_sysconf)
     with pytest.raises(ConfigError) as raised:
-        probe_device(0, meminfo_path=tmp_path / "none", model_path=tmp_path / "none", tegra_release_path=tmp_path / "none")
+        probe_device(
+            0, meminfo_path=tmp_path / "none", model_path=tmp_path / "none", tegra_release_path=tmp_path / "none"
+        )
     assert "--profile" in raised.value.hint and "cuda: torch is not installed" in raised.value.message
 
 
@@ -385,7 +449,14 @@ def test_when_nothing_can_be_read_the_error_says_to_use_a_profile(tmp_path, monk
 
 
 def jetson_memory() -> DeviceMemory:
-    return DeviceMemory(source="jetson-meminfo", name="NVIDIA Jetson Orin Nano Developer Kit", total_bytes=8 * GIB, free_bytes=5 * GIB, used_bytes=3 * GIB, integrated=True)
+    return DeviceMemory(
+        source="jetson-meminfo",
+        name="NVIDIA Jetson Orin Nano Developer Kit",
+        total_bytes=8 * GIB,
+        free_bytes=5 * GIB,
+        used_bytes=3 * GIB,
+        integrated=True,
+    )
 
 
 @pytest.mark.parametrize("variable", ["PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"])
@@ -398,9 +469,13 @@ def test_expandable_segments_are_refused_on_an_integrated_gpu(variable, setting)
 
 
 def test_expandable_segments_are_fine_elsewhere_and_off_is_fine_everywhere():
-    desktop = DeviceMemory(source="nvml", name="RTX 4090", total_bytes=24 * GIB, free_bytes=20 * GIB, used_bytes=4 * GIB)
+    desktop = DeviceMemory(
+        source="nvml", name="RTX 4090", total_bytes=24 * GIB, free_bytes=20 * GIB, used_bytes=4 * GIB
+    )
     check_allocator_settings(desktop, environ={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"})
-    check_allocator_settings(jetson_memory(), environ={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False,max_split_size_mb:64"})
+    check_allocator_settings(
+        jetson_memory(), environ={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False,max_split_size_mb:64"}
+    )
     check_allocator_settings(jetson_memory(), environ={})
 
 

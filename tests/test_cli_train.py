@@ -61,7 +61,7 @@ def test_train_writes_a_complete_run_directory(trained, tiny_steps_per_epoch):
     assert metrics[1]["lr"] < metrics[0]["lr"]  # cosine decay
 
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    assert SUMMARY_KEYS <= set(summary)
+    assert set(summary) >= SUMMARY_KEYS
     assert set(summary["recall_at_k"]) == {"1", "2", "4", "8"}
     assert summary["recall_at_1"] == summary["recall_at_k"]["1"]
     recalls = [summary["recall_at_k"][k] for k in ("1", "2", "4", "8")]
@@ -103,7 +103,7 @@ def test_json_prints_the_summary(cli, image_folder, tiny_train_options, tmp_path
     result = cli("train", "--data", image_folder, "--out", run, *tiny_train_options, "--epochs", "1", "--json")
     assert result.exit_code == 0, str(result)
     printed = json.loads(result.stdout)  # stdout holds the JSON alone; progress goes to stderr
-    assert SUMMARY_KEYS <= set(printed)
+    assert set(printed) >= SUMMARY_KEYS
     assert printed == json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert printed["epochs"] == 1
 
@@ -166,7 +166,9 @@ def test_bad_choice_names_the_option(cli, image_folder, tiny_train_options, tmp_
     assert not (tmp_path / "run").exists()
 
 
-def test_batch_size_must_be_a_multiple_of_samples_per_class(cli, image_folder, tiny_train_options, tmp_path, set_option):
+def test_batch_size_must_be_a_multiple_of_samples_per_class(
+    cli, image_folder, tiny_train_options, tmp_path, set_option
+):
     options = set_option(tiny_train_options, "--batch-size", "10")
     result = cli("train", "--data", image_folder, "--out", tmp_path / "run", *options)
     assert result.exit_code == 2, str(result)
@@ -298,7 +300,9 @@ def test_long_error_stays_one_line_at_80_columns(cli, tiny_train_options, tmp_pa
     assert_one_line_error(result, str(missing), "no such file or folder")
 
 
-def test_metrics_jsonl_is_strict_json_with_singleton_validation_classes(cli, tmp_path, tiny_train_options, make_image_folder):
+def test_metrics_jsonl_is_strict_json_with_singleton_validation_classes(
+    cli, tmp_path, tiny_train_options, make_image_folder
+):
     data = make_image_folder(tmp_path / "images", per_class=8)  # 20% of 8 -> 1 validation image per class
     run = tmp_path / "run"
     result = cli("train", "--data", data, "--out", run, *tiny_train_options)
@@ -320,12 +324,29 @@ def test_run_files_respect_the_umask(trained):
     assert modes == {name: expected for name in modes}, modes
 
 
-@pytest.mark.parametrize(("loss", "memory"), [("shadow", "axbn"), ("triplet", "xbm"), ("contrastive", "xbn"), ("multisimilarity", "axbn")])
-def test_every_loss_trains_with_a_cross_batch_memory(cli, shared_image_folder, tiny_train_options, tmp_path, loss, memory):
+@pytest.mark.parametrize(
+    ("loss", "memory"), [("shadow", "axbn"), ("triplet", "xbm"), ("contrastive", "xbn"), ("multisimilarity", "axbn")]
+)
+def test_every_loss_trains_with_a_cross_batch_memory(
+    cli, shared_image_folder, tiny_train_options, tmp_path, loss, memory
+):
     run = tmp_path / "run"
     result = cli(
-        "train", "--data", shared_image_folder, "--out", run, *tiny_train_options,
-        "--loss", loss, "--memory", memory, "--memory-size", "0.5", "--memory-warmup", "1", "--json",
+        "train",
+        "--data",
+        shared_image_folder,
+        "--out",
+        run,
+        *tiny_train_options,
+        "--loss",
+        loss,
+        "--memory",
+        memory,
+        "--memory-size",
+        "0.5",
+        "--memory-warmup",
+        "1",
+        "--json",
     )
     assert result.exit_code == 0, str(result)
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -336,6 +357,8 @@ def test_every_loss_trains_with_a_cross_batch_memory(cli, shared_image_folder, t
 
 
 def test_memory_warmup_longer_than_the_run_is_said_loudly(cli, shared_image_folder, tiny_train_options, tmp_path):
-    result = cli("train", "--data", shared_image_folder, "--out", tmp_path / "run", *tiny_train_options, "--memory", "xbm")
+    result = cli(
+        "train", "--data", shared_image_folder, "--out", tmp_path / "run", *tiny_train_options, "--memory", "xbm"
+    )
     assert result.exit_code == 0, str(result)
     assert "the memory will never be used" in result.output

@@ -31,7 +31,9 @@ def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
             labels = torch.randint(0, 3, (size,))
             loss(embeddings, labels).backward()
         check_identical_across_ranks(loss.state_dict(), "memory")
-        save_file({k: v.contiguous() for k, v in loss.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in loss.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.safetensors")
+        )
     finally:
         dist.destroy_process_group()
 
@@ -64,10 +66,34 @@ def test_diverged_state_is_detected(tmp_path):
 def test_torchrun_runs_edgedml_train_unchanged(tmp_path):
     run = tmp_path / "run"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
-        "-m", "edgedml.cli.main", "train", "--data", "digits", "--out", str(run), "--epochs", "2",
-        "--batch-size", "20", "--samples-per-class", "4", "--memory", "xbn", "--memory-size", "512",
-        "--memory-warmup", "5", "--device", "cpu", "--json",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(WORLD),
+        "-m",
+        "edgedml.cli.main",
+        "train",
+        "--data",
+        "digits",
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "20",
+        "--samples-per-class",
+        "4",
+        "--memory",
+        "xbn",
+        "--memory-size",
+        "512",
+        "--memory-warmup",
+        "5",
+        "--device",
+        "cpu",
+        "--json",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)

@@ -94,8 +94,17 @@ def test_s2sd_heads_never_reach_the_export(tmp_path):
     from edgedml.config import TrainConfig
     from edgedml.training import Trainer
 
-    options = dict(data="digits", batch_size=30, samples_per_class=6, dim=8, input_size=16, epochs=1, device="cpu",
-                   distill="s2sd", aux_dims="64")
+    options = dict(
+        data="digits",
+        batch_size=30,
+        samples_per_class=6,
+        dim=8,
+        input_size=16,
+        epochs=1,
+        device="cpu",
+        distill="s2sd",
+        aux_dims="64",
+    )
     Trainer(TrainConfig.from_sources(overrides=options), tmp_path / "run").fit()
     result = export_onnx(tmp_path / "run")
     graph = onnx.load(str(result.path)).graph

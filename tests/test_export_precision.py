@@ -46,8 +46,12 @@ def test_normalization_nodes_are_everything_after_the_last_gemm_or_matmul():
         helper.make_node("Sqrt", ["ss"], ["norm"], name="sqrt"),
         helper.make_node("Div", ["y", "norm"], ["out"], name="divide"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2])],
+    )
     assert precision.normalization_nodes(helper.make_model(graph)) == ["square", "sum", "sqrt", "divide"]
     headless = helper.make_graph(nodes[3:4], "g", [], [])
     with pytest.raises(ExportError, match="no Gemm/MatMul head"):
@@ -67,7 +71,9 @@ def test_fp16_file_computes_the_normalization_from_an_fp32_copy_of_the_head_outp
             if producer is not None and producer.op_type == "Cast":
                 assert producer.attribute[0].i == TensorProto.FLOAT, f"{node.name} reads fp16 {name}"
     weights = {init.name: init.data_type for init in graph.initializer}
-    assert weights["head.weight"] == TensorProto.FLOAT16 and weights["backbone.features.0.0.weight"] == TensorProto.FLOAT16
+    assert (
+        weights["head.weight"] == TensorProto.FLOAT16 and weights["backbone.features.0.0.weight"] == TensorProto.FLOAT16
+    )
     assert graph.input[0].type.tensor_type.elem_type == graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert summary.files["fp16"].check["min_cosine"] >= 0.999
     assert read_metadata(summary.files["fp16"].path)["precision"] == "fp16"
@@ -133,7 +139,9 @@ def test_normalization_stored_in_fp16_fails_the_check_and_writes_nothing(large_n
 def test_calibration_reader_fills_a_fixed_batch_with_its_own_images_and_counts_what_it_used():
     samples = [Sample(image=np.full((4, 4), 10 * i, np.uint8), label=str(i % 2)) for i in range(6)]
     seen: list[int] = []
-    reader = precision.ImageCalibrationReader(samples, 4, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "images", batch=4, progress=Recorder(seen))
+    reader = precision.ImageCalibrationReader(
+        samples, 4, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "images", batch=4, progress=Recorder(seen)
+    )
     batches = []
     while (feed := reader.get_next()) is not None:
         batches.append(feed["images"])
@@ -171,13 +179,21 @@ def test_half_and_int8_export_checked_scored_and_summarised(run_copy, trained):
     assert summary.files["int8"].check["min_cosine"] >= precision.INT8_MIN_COSINE
     assert summary.files["fp32"].recall_at_1 == pytest.approx(summary.reference["recall_at_1"], abs=1e-6)
     # the run's own data: its training split (3 classes x 8 images after the validation carve-out), test classes untouched
-    assert summary.calibration.to_dict() == {"data": str(trained.data), "split": "train", "default": False, "available": 24, "images": 24,
-                                   "int8_for": "tensorrt"}
+    assert summary.calibration.to_dict() == {
+        "data": str(trained.data),
+        "split": "train",
+        "default": False,
+        "available": 24,
+        "images": 24,
+        "int8_for": "tensorrt",
+    }
     assert summary.warnings and "fewer than 300" in summary.warnings[0]
     int8_graph = onnx.load(str(summary.files["int8"].path)).graph
     ops = [node.op_type for node in int8_graph.node]
     assert ops.count("QuantizeLinear") >= 5 and "ReduceL2" in ops and ops[-1] == "Div"  # normalization not quantized
-    assert any(init.data_type == TensorProto.INT8 and len(init.dims) == 4 for init in int8_graph.initializer)  # conv weights
+    assert any(
+        init.data_type == TensorProto.INT8 and len(init.dims) == 4 for init in int8_graph.initializer
+    )  # conv weights
     saved = json.loads((run_copy / "export.json").read_text())
     assert saved["files"]["int8"]["check"] == summary.files["int8"].check and saved["calibration"]["images"] == 24
 
@@ -228,7 +244,10 @@ def test_cli_int8_with_a_fixed_batch_defaults_to_the_training_split(cli, run_cop
     out = tmp_path / "m.onnx"
     result = cli("export", run_copy, "--int8", "--batch", "4", "--out", out)
     assert result.exit_code == 0, str(result)
-    assert "int8 for TensorRT and onnxruntime, calibrated on 24 images" in result.output and "the default without --calib-data" in result.output
+    assert (
+        "int8 for TensorRT and onnxruntime, calibrated on 24 images" in result.output
+        and "the default without --calib-data" in result.output
+    )
     assert "fewer than 300" in result.output
     row = next(line for line in result.output.splitlines() if "m.int8.onnx" in line and "cos 0." in line)
     assert "MiB" in row

@@ -55,7 +55,10 @@ def fake_tensorrt(version: str = "10.3.0", fail_parse: bool = False, fail_build:
     calls: dict = {"flags": [], "pools": {}, "profiles": [], "network_flags": None, "parsed": None, "cache_in": None}
     trt.calls = calls
     major = int(version.split(".")[0])
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 1} if major >= 11 else {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
+        "NetworkDefinitionCreationFlag",
+        {"STRONGLY_TYPED": 1} if major >= 11 else {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1},
+    )
     trt.BuilderFlag = enum.Enum("BuilderFlag", ["TF32", "REFIT"] if major >= 11 else ["FP16", "INT8", "TF32", "REFIT"])
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE", "TACTIC_SHARED_MEMORY"])
     trt.TensorIOMode = enum.Enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
@@ -215,7 +218,9 @@ def test_tensorrt10_fp16_is_a_builder_flag_on_the_fp32_onnx_with_profile_workspa
     cache.write_bytes(b"earlier-tactics")
     plan = plan_precision("fp16", 10)
     assert (plan.onnx_precision, plan.strongly_typed, plan.flags) == ("fp32", False, ("FP16",))
-    build = build_engine(onnx_path, plan, BatchRange.dynamic(16), workspace_bytes=512 << 20, timing_cache=cache, trt=trt)
+    build = build_engine(
+        onnx_path, plan, BatchRange.dynamic(16), workspace_bytes=512 << 20, timing_cache=cache, trt=trt
+    )
     assert trt.calls["network_flags"] == 0  # weakly typed
     assert trt.calls["flags"] == ["FP16"]
     assert trt.calls["pools"] == {"WORKSPACE": 512 << 20}
@@ -236,7 +241,9 @@ def test_tensorrt11_is_strongly_typed_sets_no_precision_flag_and_builds_from_the
         plan = plan_precision(precision, 11)
         assert (plan.onnx_precision, plan.strongly_typed, plan.flags) == (precision, True, ())
     trt = fake_tensorrt("11.0.0")
-    build_engine(onnx_path, plan_precision("fp16", 11), BatchRange.fixed(1), timing_cache=tmp_path / "new.cache", trt=trt)
+    build_engine(
+        onnx_path, plan_precision("fp16", 11), BatchRange.fixed(1), timing_cache=tmp_path / "new.cache", trt=trt
+    )
     assert trt.calls["network_flags"] == 1 << 1  # STRONGLY_TYPED
     assert trt.calls["flags"] == [] and trt.calls["pools"] == {}  # no flags; TensorRT's own workspace default
     assert trt.calls["cache_in"] == b""  # no cache yet: a fresh one, then written
@@ -281,13 +288,22 @@ def test_workspace_from_the_option_or_a_quarter_of_a_profiles_free_memory():
 # ---- the whole export, sidecar and refusal to load elsewhere ------------------------------------
 
 
-def test_export_engine_writes_a_checked_engine_and_a_sidecar_naming_tensorrt_and_the_gpu(run_copy, on_this_gpu, tmp_path):
+def test_export_engine_writes_a_checked_engine_and_a_sidecar_naming_tensorrt_and_the_gpu(
+    run_copy, on_this_gpu, tmp_path
+):
     trt = fake_tensorrt("10.3.0")
     result = engine_export.export_engine(
-        run_copy, batch=BatchRange.dynamic(8), workspace="256MiB", timing_cache=tmp_path / "t.cache", deepstream=True, trt=trt,
+        run_copy,
+        batch=BatchRange.dynamic(8),
+        workspace="256MiB",
+        timing_cache=tmp_path / "t.cache",
+        deepstream=True,
+        trt=trt,
     )
     assert result.path == run_copy / "model.engine" and result.path.read_bytes().startswith(b"FAKE-ENGINE:")
-    sidecar = json.loads((run_copy / "model.engine.json").read_text())  # the sidecar is named after the engine, beside it
+    sidecar = json.loads(
+        (run_copy / "model.engine.json").read_text()
+    )  # the sidecar is named after the engine, beside it
     assert result.sidecar == run_copy / "model.engine.json" and read_sidecar(result.path) == sidecar
     assert sidecar["tensorrt_version"] == "10.3.0" and sidecar["gpu"] == {"name": GPU.name, "compute_capability": "8.7"}
     assert sidecar["batch"] == {"min": 1, "opt": 8, "max": 8} and sidecar["precision"] == "fp32"
@@ -319,13 +335,21 @@ def turn_first_embedding(embeddings: np.ndarray, cosine: float) -> np.ndarray:
     return turned.astype(np.float32)
 
 
-@pytest.mark.parametrize(("precision", "cosine", "passes"), [("fp16", 0.9995, True), ("fp16", 0.998, False), ("fp32", 0.999, False)])
-def test_the_engine_check_measures_the_cosine_to_the_onnx_and_rejects_a_disagreeing_engine(run_copy, on_this_gpu, monkeypatch, precision, cosine, passes):
+@pytest.mark.parametrize(
+    ("precision", "cosine", "passes"), [("fp16", 0.9995, True), ("fp16", 0.998, False), ("fp32", 0.999, False)]
+)
+def test_the_engine_check_measures_the_cosine_to_the_onnx_and_rejects_a_disagreeing_engine(
+    run_copy, on_this_gpu, monkeypatch, precision, cosine, passes
+):
     """A fake engine whose first embedding is turned by a known angle: its cosine is the min, the mean is
     (29 + cosine) / 30, and below the precision's threshold (fp32 0.9999, fp16 0.999) nothing is written."""
     embed = trt_export.TensorRTEmbedder.embed
-    monkeypatch.setattr(trt_export.TensorRTEmbedder, "embed", lambda self, images: turn_first_embedding(embed(self, images), cosine))
-    export = lambda: engine_export.export_engine(run_copy, half=precision == "fp16", workspace="64MiB", timing_cache=run_copy / "t.cache", trt=fake_tensorrt())  # noqa: E731
+    monkeypatch.setattr(
+        trt_export.TensorRTEmbedder, "embed", lambda self, images: turn_first_embedding(embed(self, images), cosine)
+    )
+    export = lambda: engine_export.export_engine(
+        run_copy, half=precision == "fp16", workspace="64MiB", timing_cache=run_copy / "t.cache", trt=fake_tensorrt()
+    )
     if passes:
         check = read_sidecar(export().path)["check"]
         assert check["images"] == CHECKED
@@ -333,23 +357,37 @@ def test_the_engine_check_measures_the_cosine_to_the_onnx_and_rejects_a_disagree
         assert check["mean_cosine"] == pytest.approx((CHECKED - 1 + cosine) / CHECKED, abs=1e-6)
         return
     threshold = {"fp32": "0.9999", "fp16": "0.999"}[precision]
-    with pytest.raises(ExportError, match=rf"^the {precision} engine disagrees with the fp32 ONNX: min cosine {cosine:.4f} < {threshold} over {CHECKED} test images; nothing was written$"):
+    with pytest.raises(
+        ExportError,
+        match=rf"^the {precision} engine disagrees with the fp32 ONNX: min cosine {cosine:.4f} < {threshold} over {CHECKED} test images; nothing was written$",
+    ):
         export()
     assert not (run_copy / "model.engine").exists() and not sidecar_path(run_copy / "model.engine").exists()
     assert not [p for p in run_copy.iterdir() if p.name.startswith(".")]  # no temporary engine left behind
 
 
-def test_an_engine_for_another_gpu_or_tensorrt_version_is_refused_with_rebuild_advice(run_copy, on_this_gpu, monkeypatch):
-    result = engine_export.export_engine(run_copy, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=fake_tensorrt("10.3.0"))
+def test_an_engine_for_another_gpu_or_tensorrt_version_is_refused_with_rebuild_advice(
+    run_copy, on_this_gpu, monkeypatch
+):
+    result = engine_export.export_engine(
+        run_copy, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=fake_tensorrt("10.3.0")
+    )
     sys.modules["tensorrt"] = fake_tensorrt("10.7.0")
     try:
-        with pytest.raises(ModelError, match=r"TensorRT 10.3.0 for NVIDIA Jetson Orin Nano .* TensorRT 10.7.0 .*rebuild it on this device"):
+        with pytest.raises(
+            ModelError,
+            match=r"TensorRT 10.3.0 for NVIDIA Jetson Orin Nano .* TensorRT 10.7.0 .*rebuild it on this device",
+        ):
             load_embedder(result.path)
         sys.modules["tensorrt"] = fake_tensorrt("10.3.0")
         monkeypatch.setattr(trt_export, "current_gpu", lambda index=0: GpuInfo("NVIDIA GeForce RTX 4060", "8.9"))
-        with pytest.raises(ModelError, match=r"sm 8.7.*RTX 4060 \(sm 8.9\); engines are not portable: rebuild") as refused:
+        with pytest.raises(
+            ModelError, match=r"sm 8.7.*RTX 4060 \(sm 8.9\); engines are not portable: rebuild"
+        ) as refused:
             load_embedder(result.path)
-        assert "\n" not in refused.value.message and f"edgedml export {run_copy} --format engine" in refused.value.message
+        assert (
+            "\n" not in refused.value.message and f"edgedml export {run_copy} --format engine" in refused.value.message
+        )
     finally:
         del sys.modules["tensorrt"]
 
@@ -357,7 +395,9 @@ def test_an_engine_for_another_gpu_or_tensorrt_version_is_refused_with_rebuild_a
 def test_a_sidecar_that_describes_another_engine_or_none_at_all_is_refused(run_copy, on_this_gpu):
     trt = fake_tensorrt()
     result = engine_export.export_engine(run_copy, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=trt)
-    result.path.write_bytes(b"FAKE-ENGINE:" + str(run_copy / "model.onnx").encode() + b" ")  # rebuilt behind edgedml's back
+    result.path.write_bytes(
+        b"FAKE-ENGINE:" + str(run_copy / "model.onnx").encode() + b" "
+    )  # rebuilt behind edgedml's back
     with pytest.raises(ModelError, match="describes another engine"):
         trt_export.TensorRTEmbedder(result.path, trt=trt)
     sidecar_path(result.path).unlink()
@@ -374,18 +414,30 @@ def test_check_compatible_accepts_the_same_version_and_gpu():
 
 def test_tensorrt11_export_builds_from_the_fp16_onnx(run_copy, on_this_gpu):
     trt = fake_tensorrt("11.0.0")
-    result = engine_export.export_engine(run_copy, half=True, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=trt)
+    result = engine_export.export_engine(
+        run_copy, half=True, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=trt
+    )
     assert trt.calls["parsed"] == str(run_copy / "model.fp16.onnx") and trt.calls["flags"] == []
     sidecar = read_sidecar(result.path)
-    assert sidecar["precision"] == "fp16" and sidecar["onnx"]["precision"] == "fp16" and sidecar["builder"]["strongly_typed"]
+    assert (
+        sidecar["precision"] == "fp16"
+        and sidecar["onnx"]["precision"] == "fp16"
+        and sidecar["builder"]["strongly_typed"]
+    )
     assert sidecar["check"]["min_cosine"] >= 0.999
 
 
 def test_make_sidecar_records_a_fixed_batch(tmp_path):
-    build = trt_export.EngineBuild(b"x", plan_precision("fp16", 10), BatchRange.fixed(4), "10.3.0", [4, 3, 16, 16], None, None, False, 1.0)
-    sidecar = make_sidecar(build, GPU, tmp_path / "m.onnx", {"embedding_dim": "16", "batch": "4", "precision": "fp32"}, "device")
+    build = trt_export.EngineBuild(
+        b"x", plan_precision("fp16", 10), BatchRange.fixed(4), "10.3.0", [4, 3, 16, 16], None, None, False, 1.0
+    )
+    sidecar = make_sidecar(
+        build, GPU, tmp_path / "m.onnx", {"embedding_dim": "16", "batch": "4", "precision": "fp32"}, "device"
+    )
     assert sidecar["metadata"]["batch"] == "4" and sidecar["metadata"]["precision"] == "fp16"
-    assert sidecar["engine_sha256"] == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"  # SHA-256 of b"x"
+    assert (
+        sidecar["engine_sha256"] == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+    )  # SHA-256 of b"x"
 
 
 # ---- the CLI -----------------------------------------------------------------------------------------
@@ -417,7 +469,9 @@ def test_cli_engine_options_are_checked_against_the_format_table(cli, run_copy):
 def test_cli_engine_end_to_end_with_the_fake(cli, run_copy, on_this_gpu, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.3.0"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    result = cli("export", run_copy, "--format", "engine", "--half", "--max-batch", "4", "--workspace", "128MiB", "--deepstream")
+    result = cli(
+        "export", run_copy, "--format", "engine", "--half", "--max-batch", "4", "--workspace", "128MiB", "--deepstream"
+    )
     assert result.exit_code == 0, str(result)
     assert "built " in result.output and "fp16, batch 1..4" in result.output and "next: edgedml bench" in result.output
     assert "net-scale-factor 0.01731377" in result.output and "1.10%" in result.output
@@ -442,23 +496,43 @@ def test_deepstream_normalization_by_hand():
     assert exact.net_scale_factor == pytest.approx(1 / 63.75) and exact.max_relative_error == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize(("precision", "nvinfer_mode", "tracker_mode"), [("fp32", 0, 0), ("fp16", 2, 1), ("int8", 1, 2)])
+@pytest.mark.parametrize(
+    ("precision", "nvinfer_mode", "tracker_mode"), [("fp32", 0, 0), ("fp16", 2, 1), ("int8", 1, 2)]
+)
 def test_deepstream_config_files(tmp_path, precision, nvinfer_mode, tracker_mode):
-    info = ModelInfo(dim=128, input_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), backbone="mobilenetv2")
+    info = ModelInfo(
+        dim=128, input_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), backbone="mobilenetv2"
+    )
     files = write_deepstream_configs(tmp_path / "model.engine", tmp_path / "model.onnx", info, precision, 16, 512 << 20)
     nvinfer = files.nvinfer.read_text()
     assert files.nvinfer.name == "model.nvinfer.txt" and "[property]" in nvinfer
-    for line in (f"network-mode={nvinfer_mode}", "net-scale-factor=0.0173137688", "offsets=123.6750;116.2800;103.5300",
-                 "model-color-format=0", "infer-dims=3;64;64", "batch-size=16", "network-type=100", "output-tensor-meta=1",
-                 "process-mode=2", f"model-engine-file={tmp_path / 'model.engine'}", f"onnx-file={tmp_path / 'model.onnx'}"):
+    for line in (
+        f"network-mode={nvinfer_mode}",
+        "net-scale-factor=0.0173137688",
+        "offsets=123.6750;116.2800;103.5300",
+        "model-color-format=0",
+        "infer-dims=3;64;64",
+        "batch-size=16",
+        "network-type=100",
+        "output-tensor-meta=1",
+        "process-mode=2",
+        f"model-engine-file={tmp_path / 'model.engine'}",
+        f"onnx-file={tmp_path / 'model.onnx'}",
+    ):
         assert line in nvinfer.splitlines(), line
     assert "at most 1.10% (relative)" in nvinfer
     import yaml
 
     reid = yaml.safe_load(files.tracker.read_text())["ReID"]
     assert reid["reidFeatureSize"] == 128 and reid["inferDims"] == [3, 64, 64] and reid["networkMode"] == tracker_mode
-    assert reid["batchSize"] == 16 and reid["workspaceSize"] == 512 and reid["colorFormat"] == 0 and reid["keepAspc"] == 0
-    assert reid["netScaleFactor"] == pytest.approx(2 / 115.515, rel=1e-8) and reid["offsets"] == [123.675, 116.28, 103.53]
+    assert (
+        reid["batchSize"] == 16 and reid["workspaceSize"] == 512 and reid["colorFormat"] == 0 and reid["keepAspc"] == 0
+    )
+    assert reid["netScaleFactor"] == pytest.approx(2 / 115.515, rel=1e-8) and reid["offsets"] == [
+        123.675,
+        116.28,
+        103.53,
+    ]
     assert reid["addFeatureNormalization"] == 0 and reid["modelEngineFile"] == str(tmp_path / "model.engine")
 
 
@@ -466,8 +540,21 @@ def test_deepstream_config_files(tmp_path, precision, nvinfer_mode, tracker_mode
 
 
 def test_operator_table_has_what_our_backbones_use_and_not_what_tensorrt_lacks():
-    for op in ("Conv", "Relu", "Clip", "MaxPool", "Add", "ReduceMean", "ReduceL2", "Gemm", "Div", "Expand", "Cast",
-               "QuantizeLinear", "DequantizeLinear"):
+    for op in (
+        "Conv",
+        "Relu",
+        "Clip",
+        "MaxPool",
+        "Add",
+        "ReduceMean",
+        "ReduceL2",
+        "Gemm",
+        "Div",
+        "Expand",
+        "Cast",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    ):
         assert SUPPORTED_OPS[op] == (10, 0)
     for op in ("Unique", "NonMaxSuppressionV2", "MatMulInteger", "ConvInteger", "QLinearConv", "StringNormalizer"):
         assert op not in SUPPORTED_OPS
@@ -499,12 +586,22 @@ def _synthetic_model() -> onnx.ModelProto:
         helper.make_node("Identity", ["s"], ["out"], name="identity"),
     ]
     graph = helper.make_graph(nodes, "synthetic", [x], [y], init)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)])
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)]
+    )
 
 
 def test_operator_check_names_each_unsupported_node_and_why():
     problems = {p.node: p for p in check_tensorrt_ops(_synthetic_model())}
-    assert set(problems) == {"/head/Unique", "ms_gemm", "q_asymmetric", "q_shifted", "bias_dq", "sum_runtime_axes", "attention"}
+    assert set(problems) == {
+        "/head/Unique",
+        "ms_gemm",
+        "q_asymmetric",
+        "q_shifted",
+        "bias_dq",
+        "sum_runtime_axes",
+        "attention",
+    }
     assert "support matrix" in problems["/head/Unique"].reason
     assert problems["ms_gemm"].op_type == "com.microsoft::FusedGemm" and "plugin" in problems["ms_gemm"].reason
     assert "UINT8" in problems["q_asymmetric"].reason
@@ -523,10 +620,14 @@ def test_operator_check_flags_an_opset_outside_the_parsers_range():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["tiny", "mobilenetv2", "resnet18"])
-def test_exported_backbones_parse_in_every_precision(backbone, cli, shared_image_folder, tmp_path, set_option, tiny_train_options):
+def test_exported_backbones_parse_in_every_precision(
+    backbone, cli, shared_image_folder, tmp_path, set_option, tiny_train_options
+):
     from edgedml.export.onnx import export_onnx
 
-    options = set_option(set_option(set_option(tiny_train_options, "--backbone", backbone), "--epochs", "1"), "--input-size", "32")
+    options = set_option(
+        set_option(set_option(tiny_train_options, "--backbone", backbone), "--epochs", "1"), "--input-size", "32"
+    )
     trained = cli("train", "--data", shared_image_folder, "--out", tmp_path / "run", *options)
     assert trained.exit_code == 0, str(trained)
     summary = export_onnx(tmp_path / "run", half=True, int8=True)

@@ -111,7 +111,9 @@ def test_axbn_smooths_noisy_batch_means():
 
 
 def wrapped(warmup: int = 0, adapter=None, batch_term: bool = False, size: int = 64) -> CrossBatchLoss:
-    return CrossBatchLoss(ShadowLoss(margin=0.5), CrossBatchMemory(size, 4), adapter, warmup_iters=warmup, batch_term=batch_term)
+    return CrossBatchLoss(
+        ShadowLoss(margin=0.5), CrossBatchMemory(size, 4), adapter, warmup_iters=warmup, batch_term=batch_term
+    )
 
 
 def test_warmup_neither_fills_nor_uses_the_memory():
@@ -167,7 +169,9 @@ def peak_against_memory(loss_name: str, mining: str, memory_size: int, batch: in
     labels = torch.arange(batch) % 10
     loss = create_loss(loss_name, 0.2, mining, True)
     with AllocationTimeline() as timeline:
-        loss(embeddings, labels, ref_emb=ref, ref_labels=ref_labels, anchor_ref_index=torch.full((batch,), -1)).backward()
+        loss(
+            embeddings, labels, ref_emb=ref, ref_labels=ref_labels, anchor_ref_index=torch.full((batch,), -1)
+        ).backward()
     return timeline.peak_bytes()
 
 
@@ -195,8 +199,18 @@ def test_memory_state_is_checkpointed_and_restored_by_resume(tmp_path):
     from edgedml.training import Trainer
 
     options = dict(
-        data="digits", batch_size=16, samples_per_class=4, epochs=2, scheduler="none", dim=16, input_size=16,
-        memory="axbn", memory_size=200, memory_warmup=3, axbn_gain_interval=2, device="cpu",
+        data="digits",
+        batch_size=16,
+        samples_per_class=4,
+        epochs=2,
+        scheduler="none",
+        dim=16,
+        input_size=16,
+        memory="axbn",
+        memory_size=200,
+        memory_warmup=3,
+        axbn_gain_interval=2,
+        device="cpu",
     )
     Trainer(TrainConfig.from_sources(overrides=options), tmp_path / "straight").fit()
     Trainer(TrainConfig.from_sources(overrides={**options, "epochs": 1}), tmp_path / "resumed").fit()
@@ -204,7 +218,9 @@ def test_memory_state_is_checkpointed_and_restored_by_resume(tmp_path):
     straight = load_file(str(tmp_path / "straight" / "last.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "last.safetensors"))
     memory_keys = [k for k in straight if k.startswith("loss.")]
-    assert {"loss.memory.embeddings", "loss.memory.pointer", "loss.adapter.mean_filter.gain", "loss.iteration"} <= set(memory_keys)
+    assert {"loss.memory.embeddings", "loss.memory.pointer", "loss.adapter.mean_filter.gain", "loss.iteration"} <= set(
+        memory_keys
+    )
     for key in memory_keys + [k for k in straight if k.startswith("model.")]:
         assert torch.equal(straight[key], resumed[key]), key
     assert int(straight["loss.memory.filled"]) == 200

@@ -38,9 +38,7 @@ def test_hand_worked_example():
 def brute_force(embeddings: torch.Tensor, labels: list[int], k: int) -> tuple[float, float]:
     hits_at_k, average_precisions = 0, []
     for q in range(len(labels)):
-        others = sorted(
-            (i for i in range(len(labels)) if i != q), key=lambda i: -float(embeddings[q] @ embeddings[i])
-        )
+        others = sorted((i for i in range(len(labels)) if i != q), key=lambda i: -float(embeddings[q] @ embeddings[i]))
         relevant = [labels[i] == labels[q] for i in others]
         hits_at_k += any(relevant[:k])
         r = sum(relevant)

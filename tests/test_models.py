@@ -13,7 +13,9 @@ from edgedml.errors import ConfigError, ModelError
 from edgedml.models import EmbeddingModel, backbones, build_model, create_backbone
 
 
-@pytest.mark.parametrize(("name", "size", "features"), [("tiny", 32, 128), ("mobilenetv2", 64, 1280), ("resnet18", 64, 512)])
+@pytest.mark.parametrize(
+    ("name", "size", "features"), [("tiny", 32, 128), ("mobilenetv2", 64, 1280), ("resnet18", 64, 512)]
+)
 def test_builtin_backbones_give_normalized_embeddings(name, size, features):
     model = build_model(name, dim=24).eval()
     assert model.backbone.num_features == features

@@ -203,9 +203,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shared_image_f
     assert (progress["epoch"], progress["step"], progress["global_step"]) == (1, 0, STEPS_PER_EPOCH)
     assert len(metric_records(run)) == 1 and not (run / "summary.json").exists()
     # the optimizer never stepped on the bad loss
-    assert_same_tensors(
-        {k: p.detach() for k, p in trainer.model.named_parameters()}, watch.params_before_bad_step
-    )
+    assert_same_tensors({k: p.detach() for k, p in trainer.model.named_parameters()}, watch.params_before_bad_step)
 
     # and the run resumes from the last good checkpoint
     summary = Trainer.resume(run).fit()

@@ -16,7 +16,11 @@ from edgedml.training.evaluate import evaluate_run
 def model(trained, tmp_path_factory):
     from edgedml.export.onnx import export_onnx
 
-    return export_onnx(trained.run, out=tmp_path_factory.mktemp("export") / "model.onnx", evaluate=False).files["fp32"].path
+    return (
+        export_onnx(trained.run, out=tmp_path_factory.mktemp("export") / "model.onnx", evaluate=False)
+        .files["fp32"]
+        .path
+    )
 
 
 def test_exported_model_scores_what_pytorch_scores(model, trained):

@@ -36,7 +36,9 @@ def write_manifest(path: Path, rows: list[tuple[Path, str]]) -> Path:
 
 
 def folder_rows(root: Path, classes: range) -> list[tuple[Path, str]]:
-    return [(p, f"class{c}") for c in classes for p in sorted((root / f"class{c}").glob("*.png"), key=lambda p: int(p.stem))]
+    return [
+        (p, f"class{c}") for c in classes for p in sorted((root / f"class{c}").glob("*.png"), key=lambda p: int(p.stem))
+    ]
 
 
 def snapshot(index_dir: Path) -> dict[str, bytes]:
@@ -120,7 +122,15 @@ def test_interrupted_build_keeps_the_old_index_and_resumes(model, trained, tmp_p
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_index(model, str(trained.data), out, mode="overwrite", batch_size=8, chunk_size=16, progress=InterruptOnThirdBatch())
+        build_index(
+            model,
+            str(trained.data),
+            out,
+            mode="overwrite",
+            batch_size=8,
+            chunk_size=16,
+            progress=InterruptOnThirdBatch(),
+        )
     assert snapshot(out) == before and GalleryIndex.open(out).count == 20  # the previous index, untouched
     assert len(list((out / PARTIAL_DIR).glob("chunk-*.npz"))) == 1  # the first chunk of 16 images was kept
     starts = []
@@ -129,12 +139,21 @@ def test_interrupted_build_keeps_the_old_index_and_resumes(model, trained, tmp_p
         def stage(self, description, total=None, done=0):
             starts.append((total, done))
 
-    resumed = build_index(model, str(trained.data), out, mode="overwrite", batch_size=8, chunk_size=16, progress=RecordStart())
+    resumed = build_index(
+        model, str(trained.data), out, mode="overwrite", batch_size=8, chunk_size=16, progress=RecordStart()
+    )
     assert starts == [(60, 16)] and resumed.resumed == 16 and resumed.count == 60
-    assert not (out / PARTIAL_DIR).exists() and sorted(p.name for p in out.iterdir()) == ["index.2.faiss", "index.json", "manifest.2.csv"]
+    assert not (out / PARTIAL_DIR).exists() and sorted(p.name for p in out.iterdir()) == [
+        "index.2.faiss",
+        "index.json",
+        "manifest.2.csv",
+    ]
     build_index(model, str(trained.data), tmp_path / "fresh")
-    np.testing.assert_allclose(GalleryIndex.open(out).index.reconstruct_n(0, 60),
-                               GalleryIndex.open(tmp_path / "fresh").index.reconstruct_n(0, 60), atol=1e-6)
+    np.testing.assert_allclose(
+        GalleryIndex.open(out).index.reconstruct_n(0, 60),
+        GalleryIndex.open(tmp_path / "fresh").index.reconstruct_n(0, 60),
+        atol=1e-6,
+    )
 
 
 def test_cli_interrupt_says_how_to_resume(cli, model, trained, tmp_path, monkeypatch):
@@ -148,7 +167,9 @@ def test_cli_interrupt_says_how_to_resume(cli, model, trained, tmp_path, monkeyp
     assert result.exit_code == 130 and "run the same command again to resume" in result.output
 
 
-def test_search_with_a_moved_model_and_with_a_different_one(cli, model, trained, tmp_path, tiny_train_options, set_option):
+def test_search_with_a_moved_model_and_with_a_different_one(
+    cli, model, trained, tmp_path, tiny_train_options, set_option
+):
     out = tmp_path / "index"
     build_index(model, str(trained.data), out)
     moved = tmp_path / "moved.onnx"
@@ -156,7 +177,9 @@ def test_search_with_a_moved_model_and_with_a_different_one(cli, model, trained,
     query = trained.data / "class2" / "5.png"
     assert search(out, [query], model=moved)[0].hits[0].path == str(query.resolve())
     assert build_index(trained.run, str(trained.data), tmp_path / "torch").count == 60  # PyTorch weights, same run
-    assert search(tmp_path / "torch", [query], model=model)[0].hits[0].path == str(query.resolve())  # same run: accepted
+    assert search(tmp_path / "torch", [query], model=model)[0].hits[0].path == str(
+        query.resolve()
+    )  # same run: accepted
     other_run = tmp_path / "run8"
     trainedd = cli("train", "--data", trained.data, "--out", other_run, *set_option(tiny_train_options, "--dim", "8"))
     assert trainedd.exit_code == 0, str(trainedd)
@@ -172,7 +195,9 @@ def test_unreadable_query_image_is_one_line_naming_it(cli, model, trained, tmp_p
     broken.write_text("not an image")
     for bad in (broken, tmp_path / "missing.png"):
         result = cli("search", out, trained.data / "class0" / "0.png", bad)
-        assert result.exit_code == 1 and result.error_lines == [f"error: query image {bad}: {'missing' if 'missing' in bad.name else 'unreadable (UnidentifiedImageError)'}"]
+        assert result.exit_code == 1 and result.error_lines == [
+            f"error: query image {bad}: {'missing' if 'missing' in bad.name else 'unreadable (UnidentifiedImageError)'}"
+        ]
 
 
 def test_bad_galleries_leave_the_existing_index_alone(cli, model, trained, tmp_path):

@@ -25,7 +25,10 @@ def test_similarity_kl_by_hand():
     teacher = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
     t = 2.0
     p_base = [math.exp(1 / t) / (math.exp(1 / t) + 1), 1 / (math.exp(1 / t) + 1)]
-    p_teacher = [math.exp(1 / t) / (math.exp(1 / t) + math.exp(0.6 / t)), math.exp(0.6 / t) / (math.exp(1 / t) + math.exp(0.6 / t))]
+    p_teacher = [
+        math.exp(1 / t) / (math.exp(1 / t) + math.exp(0.6 / t)),
+        math.exp(0.6 / t) / (math.exp(1 / t) + math.exp(0.6 / t)),
+    ]
     row = sum(pt * (math.log(pt) - math.log(pb)) for pt, pb in zip(p_teacher, p_base, strict=True))
     assert similarity_kl(student, teacher, t).item() == pytest.approx(2 * row * t**2 / 2, rel=1e-12)
     assert similarity_kl(teacher, teacher, t).item() == pytest.approx(0.0, abs=1e-12)
@@ -34,7 +37,9 @@ def test_similarity_kl_by_hand():
 def heads_and_loss(feature_distill=False, delay=0):
     torch.manual_seed(0)
     heads = AuxiliaryHeads(in_features=12, dims=[16, 24])
-    loss = S2SDLoss(ShadowLoss(), [ShadowLoss(), ShadowLoss()], weight=50.0, feature_distill=feature_distill, feature_delay=delay)
+    loss = S2SDLoss(
+        ShadowLoss(), [ShadowLoss(), ShadowLoss()], weight=50.0, feature_distill=feature_distill, feature_delay=delay
+    )
     return heads, loss
 
 
@@ -77,8 +82,20 @@ def test_total_combines_the_terms_as_methods_says():
 
 
 def s2sd_config(**overrides) -> TrainConfig:
-    options = dict(data="digits", batch_size=30, samples_per_class=6, dim=8, input_size=16, epochs=2, device="cpu",
-                   distill="s2sd", aux_dims="32,64", feature_distill=True, feature_distill_delay=5, scheduler="none")
+    options = dict(
+        data="digits",
+        batch_size=30,
+        samples_per_class=6,
+        dim=8,
+        input_size=16,
+        epochs=2,
+        device="cpu",
+        distill="s2sd",
+        aux_dims="32,64",
+        feature_distill=True,
+        feature_distill_delay=5,
+        scheduler="none",
+    )
     return TrainConfig.from_sources(overrides={**options, **overrides})
 
 
@@ -87,7 +104,9 @@ def test_the_exported_model_is_the_base_head_only_and_resume_restores_s2sd(tmp_p
     summary = straight.fit()
     best = load_file(str(tmp_path / "straight" / "best.safetensors"))
     assert all(key.startswith("model.") for key in best)
-    assert summary["parameters_training"] - summary["parameters"] == sum(p.numel() for p in straight.network.aux_heads.parameters())
+    assert summary["parameters_training"] - summary["parameters"] == sum(
+        p.numel() for p in straight.network.aux_heads.parameters()
+    )
     model, _ = load_run_model(tmp_path / "straight")
     assert not any("aux" in name for name, _ in model.named_parameters())
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 8)
@@ -103,10 +122,15 @@ def test_the_exported_model_is_the_base_head_only_and_resume_restores_s2sd(tmp_p
 
 
 def test_post_hoc_teacher_stays_frozen_and_teaches(tmp_path):
-    teacher_options = dict(data="digits", batch_size=30, samples_per_class=6, dim=32, input_size=16, epochs=1, device="cpu")
+    teacher_options = dict(
+        data="digits", batch_size=30, samples_per_class=6, dim=32, input_size=16, epochs=1, device="cpu"
+    )
     Trainer(TrainConfig.from_sources(overrides=teacher_options), tmp_path / "teacher").fit()
     before = load_file(str(tmp_path / "teacher" / "best.safetensors"))
-    student = Trainer(TrainConfig.from_sources(overrides={**teacher_options, "dim": 4, "teacher": str(tmp_path / "teacher")}), tmp_path / "student")
+    student = Trainer(
+        TrainConfig.from_sources(overrides={**teacher_options, "dim": 4, "teacher": str(tmp_path / "teacher")}),
+        tmp_path / "student",
+    )
     teacher_module = student.loss_fn.loss.teacher
     assert not any(p.requires_grad for p in teacher_module.parameters())
     student.fit()

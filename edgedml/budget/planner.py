@@ -144,9 +144,8 @@ class StepTracer:
 
     def _trace_model_step(self, batch_size: int) -> tuple[list[int], int]:
         """The model step's signed allocation sizes, in order, and the index where the forward pass ends."""
-        with self.fake_mode:
-            with AllocationTimeline() as timeline:
-                after_forward = self._model_step(batch_size, timeline)
+        with self.fake_mode, AllocationTimeline() as timeline:
+            after_forward = self._model_step(batch_size, timeline)
         return timeline.deltas(), after_forward
 
     def model_step(self, batch_size: int) -> tuple[int, int]:
@@ -187,8 +186,13 @@ class StepTracer:
         heads = self.network.aux_heads
         outputs = StepOutputs(
             embeddings=torch.randn(batch_size, self.config.dim, generator=generator, requires_grad=True),
-            features=torch.randn(batch_size, self.network.model.backbone.num_features, generator=generator, requires_grad=True),
-            aux=[F.normalize(torch.randn(batch_size, d, generator=generator), dim=1).requires_grad_(True) for d in (heads.dims if heads else [])],
+            features=torch.randn(
+                batch_size, self.network.model.backbone.num_features, generator=generator, requires_grad=True
+            ),
+            aux=[
+                F.normalize(torch.randn(batch_size, d, generator=generator), dim=1).requires_grad_(True)
+                for d in (heads.dims if heads else [])
+            ],
         )
         if self.config.distill == "s2sd" and self.config.feature_distill:
             objective.loss.iteration.fill_(self.config.feature_distill_delay)  # plan for the step with every term
@@ -211,9 +215,13 @@ class StepTracer:
                 bank = samples[0][1][0]
                 deltas = _lagrange([(b, d) for b, (_, d) in samples], batch_size)
             else:
-                bank, deltas = dict(samples)[batch_size] if samples is not None else self._trace_loss_step(batch_size, memory_size)
+                bank, deltas = (
+                    dict(samples)[batch_size] if samples is not None else self._trace_loss_step(batch_size, memory_size)
+                )
             peak = running_peak(deltas)
-            if self.teacher is not None:  # its no-grad forward runs inside the objective, the student's activations alive
+            if (
+                self.teacher is not None
+            ):  # its no-grad forward runs inside the objective, the student's activations alive
                 peak += self.teacher.forward_peak(batch_size)
             self._loss_cache[key] = (bank, peak)
         return self._loss_cache[key]
@@ -372,19 +380,32 @@ def plan_training(
     memory_size = 0 if (auto_memory or not memory_on) else resolve_memory_size(float(config.memory_size), train_images)
     batch_size = config.batch_size if not auto_batch else None
     if auto_batch:
-        share = Budget(budget.available // 2 if auto_memory and memory_on else budget.available, budget.fixed, budget.safety_margin, budget.source)
+        share = Budget(
+            budget.available // 2 if auto_memory and memory_on else budget.available,
+            budget.fixed,
+            budget.safety_margin,
+            budget.source,
+        )
         most_classes = min(MAX_BATCH // per_class, train_classes or MAX_BATCH)  # a batch holds P distinct classes
         units = _largest(lambda k: share.fits(tracer.estimate(k * per_class, memory_size)), 2, max(2, most_classes))
         if units is None:
             _nothing_fits(tracer.estimate(2 * per_class, memory_size), budget, "--batch-size")
         batch_size = units * per_class
     if auto_memory and memory_on:
-        found = _largest(lambda m: budget.fits(tracer.estimate(batch_size, m)), batch_size, max(batch_size, train_images))
+        found = _largest(
+            lambda m: budget.fits(tracer.estimate(batch_size, m)), batch_size, max(batch_size, train_images)
+        )
         if found is None:
             _nothing_fits(tracer.estimate(batch_size, batch_size), budget, "--memory-size")
         memory_size = found
-        if auto_batch and memory_size >= train_images:  # the memory holds the whole training set: the rest goes to the batch
-            units = _largest(lambda k: budget.fits(tracer.estimate(k * per_class, memory_size)), batch_size // per_class, max(batch_size // per_class, most_classes))
+        if (
+            auto_batch and memory_size >= train_images
+        ):  # the memory holds the whole training set: the rest goes to the batch
+            units = _largest(
+                lambda k: budget.fits(tracer.estimate(k * per_class, memory_size)),
+                batch_size // per_class,
+                max(batch_size // per_class, most_classes),
+            )
             batch_size = (units or batch_size // per_class) * per_class
     estimate = tracer.estimate(batch_size, memory_size)
     if not budget.fits(estimate):
@@ -412,7 +433,9 @@ def device_for(config: TrainConfig) -> DeviceMemory:
     return probe_device()
 
 
-def plan_for_config(config: TrainConfig, input_size: int, train_images: int, train_classes: int) -> tuple[Plan, DeviceMemory]:
+def plan_for_config(
+    config: TrainConfig, input_size: int, train_images: int, train_classes: int
+) -> tuple[Plan, DeviceMemory]:
     """Fit ``config`` to its budget: the automatic sizes are chosen, fixed ones only checked."""
     device = device_for(config)
     budget = make_budget(device, parse_bytes(config.budget) if config.budget else None)
@@ -427,8 +450,14 @@ def plan_for_config(config: TrainConfig, input_size: int, train_images: int, tra
     )
     log.info(
         "memory plan for %s: batch %d, memory %d, predicted peak %s, %s needed of %s (%s), planned in %.1f s",
-        device.name, plan.batch_size, plan.memory_size, format_bytes(plan.estimate.peak),
-        format_bytes(budget.required(plan.estimate)), format_bytes(budget.available), budget.source, plan.seconds,
+        device.name,
+        plan.batch_size,
+        plan.memory_size,
+        format_bytes(plan.estimate.peak),
+        format_bytes(budget.required(plan.estimate)),
+        format_bytes(budget.available),
+        budget.source,
+        plan.seconds,
     )
     return plan, device
 

@@ -144,7 +144,9 @@ def visible_cuda_device(index: int = 0) -> CudaDevice:
     except ImportError:
         raise ProbeUnavailable("cuda: torch is not installed") from None
     if not torch.cuda.is_available():
-        raise ProbeUnavailable("cuda: torch sees no CUDA device (CPU-only build, no driver, or CUDA_VISIBLE_DEVICES empty)")
+        raise ProbeUnavailable(
+            "cuda: torch sees no CUDA device (CPU-only build, no driver, or CUDA_VISIBLE_DEVICES empty)"
+        )
     count = torch.cuda.device_count()
     if not 0 <= index < count:
         raise ProbeUnavailable(f"cuda: no CUDA device {index} (torch sees {count})")
@@ -407,7 +409,7 @@ def _read_text(path: str | os.PathLike) -> str | None:
 
 
 def _l4t_release(path: str | os.PathLike) -> str | None:
-    """"# R36 (release), REVISION: 4.3, ..." -> "L4T R36.4.3"."""
+    """ "# R36 (release), REVISION: 4.3, ..." -> "L4T R36.4.3"."""
     text = _read_text(path)
     if not text:
         return None

@@ -64,18 +64,31 @@ PROFILE_KEYS: dict[str, ProfileKey] = {
     ),
     "integrated": ProfileKey("bool", "the GPU shares system RAM with the CPU (Jetson)"),
     "os_reserved_gib": ProfileKey(
-        "float", "typical OS, desktop and carve-out footprint on shared memory, GiB (0 for desktop cards)", check=_at_least(0)
+        "float",
+        "typical OS, desktop and carve-out footprint on shared memory, GiB (0 for desktop cards)",
+        check=_at_least(0),
     ),
-    "cuda_context_gib": ProfileKey("float", "typical CUDA context with the libraries PyTorch loads, GiB", check=_at_least(0)),
-    "compute_capability": ProfileKey("str", "CUDA compute capability, major.minor", check=_pattern(COMPUTE_CAPABILITY, "8.7")),
+    "cuda_context_gib": ProfileKey(
+        "float", "typical CUDA context with the libraries PyTorch loads, GiB", check=_at_least(0)
+    ),
+    "compute_capability": ProfileKey(
+        "str", "CUDA compute capability, major.minor", check=_pattern(COMPUTE_CAPABILITY, "8.7")
+    ),
     "fp16": ProfileKey("bool", "fast FP16 arithmetic"),
     "int8": ProfileKey("bool", "INT8 inference in TensorRT"),
     "dla_cores": ProfileKey("int", "Deep Learning Accelerator cores usable by TensorRT", check=_at_least(0)),
     "jetpack": ProfileKey(
-        "str", "newest JetPack release line for the device; null for desktop GPUs", nullable=True, check=_pattern(VERSION, "6.2")
+        "str",
+        "newest JetPack release line for the device; null for desktop GPUs",
+        nullable=True,
+        check=_pattern(VERSION, "6.2"),
     ),
-    "tensorrt_major": ProfileKey("int", "TensorRT major version (of that JetPack on a Jetson)", nullable=True, check=_at_least(1)),
-    "safety_margin": ProfileKey("float", "fraction of the budget kept free for allocator fragmentation", check=_fraction),
+    "tensorrt_major": ProfileKey(
+        "int", "TensorRT major version (of that JetPack on a Jetson)", nullable=True, check=_at_least(1)
+    ),
+    "safety_margin": ProfileKey(
+        "float", "fraction of the budget kept free for allocator fragmentation", check=_fraction
+    ),
 }
 QUOTE_HINTS = {"compute_capability": '"8.7"', "jetpack": '"6.2"'}
 
@@ -145,8 +158,14 @@ def validate_profile(values: dict[Any, Any], origin: str) -> dict[str, Any]:
             clean[key] = None
             continue
         if not _has_kind(value, spec.kind):
-            hint = f"quote it: {key}: {QUOTE_HINTS[key]}" if key in QUOTE_HINTS and isinstance(value, (int, float)) else None
-            raise ConfigError(f"{origin}: {key} must be {spec.kind}{' or null' if spec.nullable else ''}, got {value!r}", hint=hint)
+            hint = (
+                f"quote it: {key}: {QUOTE_HINTS[key]}"
+                if key in QUOTE_HINTS and isinstance(value, (int, float))
+                else None
+            )
+            raise ConfigError(
+                f"{origin}: {key} must be {spec.kind}{' or null' if spec.nullable else ''}, got {value!r}", hint=hint
+            )
         if spec.kind == "float":
             value = float(value)
         problem = spec.check(value) if spec.check else None
@@ -154,7 +173,9 @@ def validate_profile(values: dict[Any, Any], origin: str) -> dict[str, Any]:
             raise ConfigError(f"{origin}: {key} {problem}, got {value!r}")
         clean[key] = value
     if clean["os_reserved_gib"] + clean["cuda_context_gib"] >= clean["memory_gib"]:
-        raise ConfigError(f"{origin}: os_reserved_gib + cuda_context_gib leave no memory of memory_gib {clean['memory_gib']}")
+        raise ConfigError(
+            f"{origin}: os_reserved_gib + cuda_context_gib leave no memory of memory_gib {clean['memory_gib']}"
+        )
     return clean
 
 

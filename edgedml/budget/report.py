@@ -78,8 +78,13 @@ def build_report(config: TrainConfig, measure: bool = True) -> Report:
     plan, failure = None, None
     try:
         found = plan_training(
-            config, budget, input_size, train_images,
-            auto_batch=config.batch_size == AUTO, auto_memory=config.memory_size == AUTO, tracer=tracer,
+            config,
+            budget,
+            input_size,
+            train_images,
+            auto_batch=config.batch_size == AUTO,
+            auto_memory=config.memory_size == AUTO,
+            tracer=tracer,
             train_classes=train_classes,
         )
         plan = found.to_dict()
@@ -87,26 +92,61 @@ def build_report(config: TrainConfig, measure: bool = True) -> Report:
     except ConfigError as exc:
         failure = exc.message
         batch_size = config.samples_per_class * 2 if config.batch_size == AUTO else config.batch_size
-        memory_size = 0 if config.memory == "none" else (batch_size if config.memory_size == AUTO else resolve_memory_size(float(config.memory_size), train_images))
+        memory_size = (
+            0
+            if config.memory == "none"
+            else (
+                batch_size
+                if config.memory_size == AUTO
+                else resolve_memory_size(float(config.memory_size), train_images)
+            )
+        )
     batch_curve = _batch_curve(tracer, budget, config.samples_per_class, batch_size, memory_size)
-    memory_curve = _memory_curve(tracer, budget, batch_size, memory_size, train_images) if config.memory != "none" else []
+    memory_curve = (
+        _memory_curve(tracer, budget, batch_size, memory_size, train_images) if config.memory != "none" else []
+    )
     measured = _measured(config, input_size, tracer, memory_size) if measure and torch.cuda.is_available() else []
     line = _line_check(measured, tracer, batch_size, memory_size) if measured else None
-    return Report(device, budget, config.to_dict(), input_size, train_images, plan, failure, batch_curve, memory_curve, measured, line)
+    return Report(
+        device,
+        budget,
+        config.to_dict(),
+        input_size,
+        train_images,
+        plan,
+        failure,
+        batch_curve,
+        memory_curve,
+        measured,
+        line,
+    )
 
 
-def _line_check(measured: list[dict[str, Any]], tracer: StepTracer, batch_size: int, memory_size: int) -> dict[str, float]:
+def _line_check(
+    measured: list[dict[str, Any]], tracer: StepTracer, batch_size: int, memory_size: int
+) -> dict[str, float]:
     """Fit the measured peaks against batch size and compare the line at the chosen batch with the prediction."""
     intercept, slope = fit_line([(m["batch_size"], m["measured"]) for m in measured])
     extrapolated = intercept + slope * batch_size
     predicted = tracer.estimate(batch_size, memory_size).peak
-    return {"intercept": intercept, "slope": slope, "batch_size": batch_size, "line_at_batch": extrapolated,
-            "predicted_at_batch": predicted, "error": predicted / extrapolated - 1.0}
+    return {
+        "intercept": intercept,
+        "slope": slope,
+        "batch_size": batch_size,
+        "line_at_batch": extrapolated,
+        "predicted_at_batch": predicted,
+        "error": predicted / extrapolated - 1.0,
+    }
 
 
 def _point(tracer: StepTracer, budget: Budget, batch_size: int, memory_size: int) -> dict[str, int]:
     estimate = tracer.estimate(batch_size, memory_size)
-    return {"batch_size": batch_size, "memory_size": memory_size, "peak": estimate.peak, "required": budget.required(estimate)}
+    return {
+        "batch_size": batch_size,
+        "memory_size": memory_size,
+        "peak": estimate.peak,
+        "required": budget.required(estimate),
+    }
 
 
 def _batch_curve(tracer, budget, per_class: int, chosen: int, memory_size: int) -> list[dict[str, int]]:
@@ -125,8 +165,15 @@ def _measured(config: TrainConfig, input_size: int, tracer: StepTracer, memory_s
     for batch_size in (config.samples_per_class * 2, config.samples_per_class * 4, config.samples_per_class * 8):
         measured = measure_cuda_peak(config, input_size, batch_size, memory_size)
         predicted = tracer.estimate(batch_size, memory_size).peak
-        rows.append({"batch_size": batch_size, "memory_size": memory_size, "measured": measured, "predicted": predicted,
-                     "error": predicted / measured - 1.0})
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "memory_size": memory_size,
+                "measured": measured,
+                "predicted": predicted,
+                "error": predicted / measured - 1.0,
+            }
+        )
     return rows
 
 
@@ -163,13 +210,21 @@ def _plots(report: Report, out_dir: Path) -> list[Path]:
         axes.plot(xs, [p["required"] / MIB for p in curve], "s--", label="needed: peak + margin + CUDA context")
         axes.axhline(budget_mib, color="tab:red", label=f"budget {format_bytes(report.budget.available)}")
         if key == "batch_size" and report.measured:
-            axes.plot([m["batch_size"] for m in report.measured], [m["measured"] / MIB for m in report.measured], "k^", label="measured (max_memory_allocated)")
+            axes.plot(
+                [m["batch_size"] for m in report.measured],
+                [m["measured"] / MIB for m in report.measured],
+                "k^",
+                label="measured (max_memory_allocated)",
+            )
         if report.plan:
             value = report.plan[key]
             axes.axvline(value, color="tab:green", linestyle=":", label=f"recommended {value}")
         axes.set_xlabel(label)
         axes.set_ylabel("MiB")
-        axes.set_title(f"{report.config['backbone']} @ {report.input_size}px on {report.device.name}" + (f", batch {chosen}" if key == "memory_size" and chosen else ""))
+        axes.set_title(
+            f"{report.config['backbone']} @ {report.input_size}px on {report.device.name}"
+            + (f", batch {chosen}" if key == "memory_size" and chosen else "")
+        )
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
         figure.tight_layout()
@@ -184,7 +239,9 @@ def _plots(report: Report, out_dir: Path) -> list[Path]:
         axes.barh(names, values, color="tab:blue")
         axes.invert_yaxis()
         axes.set_xlabel("MiB")
-        axes.set_title(f"where the {format_bytes(report.plan['required_bytes'])} go (batch {report.plan['batch_size']}, memory {report.plan['memory_size']})")
+        axes.set_title(
+            f"where the {format_bytes(report.plan['required_bytes'])} go (batch {report.plan['batch_size']}, memory {report.plan['memory_size']})"
+        )
         axes.grid(alpha=0.3, axis="x")
         figure.tight_layout()
         written.append(_save(figure, out_dir / "breakdown.png"))
@@ -213,47 +270,88 @@ def _markdown(report: Report, plots: list[str]) -> str:
         lines += [f"**Does not fit.** {report.failure}", ""]
     lines += ["## Device", "", "| fact | value |", "|---|---|"]
     facts = device.to_dict()
-    for key in ("source", "name", "total_bytes", "free_bytes", "used_bytes", "integrated", "reserved_bytes",
-                "other_processes_bytes", "driver", "compute_capability", "cuda_context_bytes", "os_reserved_bytes", "safety_margin"):
+    for key in (
+        "source",
+        "name",
+        "total_bytes",
+        "free_bytes",
+        "used_bytes",
+        "integrated",
+        "reserved_bytes",
+        "other_processes_bytes",
+        "driver",
+        "compute_capability",
+        "cuda_context_bytes",
+        "os_reserved_bytes",
+        "safety_margin",
+    ):
         value = facts.get(key)
         if value is None:
             continue
         lines.append(f"| {key} | {format_bytes(value) if key.endswith('_bytes') else value} |")
     for reason in device.fallbacks:
         lines.append(f"| probe skipped | {reason} |")
-    lines += ["", "## Budget", "",
-              f"{format_bytes(report.budget.available)} from {report.budget.source}; fixed cost (CUDA context) "
-              f"{format_bytes(report.budget.fixed)}; safety margin {report.budget.safety_margin:.0%} of the predicted peak.", ""]
+    lines += [
+        "",
+        "## Budget",
+        "",
+        f"{format_bytes(report.budget.available)} from {report.budget.source}; fixed cost (CUDA context) "
+        f"{format_bytes(report.budget.fixed)}; safety margin {report.budget.safety_margin:.0%} of the predicted peak.",
+        "",
+    ]
     if report.plan:
         estimate = report.plan["estimate"]
         lines += ["## Breakdown of the recommended step", "", "| part | MiB | share of peak |", "|---|---:|---:|"]
         for name, value in estimate["breakdown"].items():
             lines.append(f"| {name.replace('_', ' ')} | {value / MIB:.1f} | {value / estimate['peak']:.0%} |")
         lines += [f"| **predicted peak allocated** | **{estimate['peak'] / MIB:.1f}** | 100% |", ""]
-    lines += ["## Predicted peak against batch size", "", "| batch | memory | peak MiB | needed MiB | fits |", "|---:|---:|---:|---:|---|"]
+    lines += [
+        "## Predicted peak against batch size",
+        "",
+        "| batch | memory | peak MiB | needed MiB | fits |",
+        "|---:|---:|---:|---:|---|",
+    ]
     lines += [_curve_row(p, report.budget) for p in report.batch_curve]
     if report.memory_curve:
-        lines += ["", "## Predicted peak against memory size", "", "| batch | memory | peak MiB | needed MiB | fits |", "|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "## Predicted peak against memory size",
+            "",
+            "| batch | memory | peak MiB | needed MiB | fits |",
+            "|---:|---:|---:|---:|---|",
+        ]
         lines += [_curve_row(p, report.budget) for p in report.memory_curve]
     lines += ["", "## Measured on this GPU", ""]
     if report.measured:
         lines += ["| batch | memory | measured MiB | predicted MiB | error |", "|---:|---:|---:|---:|---:|"]
-        lines += [f"| {m['batch_size']} | {m['memory_size']} | {m['measured'] / MIB:.1f} | {m['predicted'] / MIB:.1f} | {m['error']:+.1%} |" for m in report.measured]
+        lines += [
+            f"| {m['batch_size']} | {m['memory_size']} | {m['measured'] / MIB:.1f} | {m['predicted'] / MIB:.1f} | {m['error']:+.1%} |"
+            for m in report.measured
+        ]
         line = report.measured_line
-        lines += ["", f"Measured line: {line['intercept'] / MIB:.1f} MiB + {line['slope'] / MIB:.2f} MiB per image; at batch "
-                  f"{line['batch_size']} it gives {line['line_at_batch'] / MIB:.1f} MiB against the predicted "
-                  f"{line['predicted_at_batch'] / MIB:.1f} MiB ({line['error']:+.1%})."]
+        lines += [
+            "",
+            f"Measured line: {line['intercept'] / MIB:.1f} MiB + {line['slope'] / MIB:.2f} MiB per image; at batch "
+            f"{line['batch_size']} it gives {line['line_at_batch'] / MIB:.1f} MiB against the predicted "
+            f"{line['predicted_at_batch'] / MIB:.1f} MiB ({line['error']:+.1%}).",
+        ]
     else:
         lines.append("No CUDA device here: the figures above are predictions only.")
     lines += ["", *[f"![{name}]({name})" for name in plots], ""]
     if report.plan:
-        options = f"--batch-size {report.plan['batch_size']}" + (f" --memory-size {report.plan['memory_size']}" if report.config["memory"] != "none" else "")
-        lines += ["Next:", "", f"    edgedml train --data {report.config['data']} --backbone {report.config['backbone']} "
-                  f"--input-size {report.input_size} --dim {report.config['dim']} {options} --out runs/planned", ""]
+        options = f"--batch-size {report.plan['batch_size']}" + (
+            f" --memory-size {report.plan['memory_size']}" if report.config["memory"] != "none" else ""
+        )
+        lines += [
+            "Next:",
+            "",
+            f"    edgedml train --data {report.config['data']} --backbone {report.config['backbone']} "
+            f"--input-size {report.input_size} --dim {report.config['dim']} {options} --out runs/planned",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def _curve_row(point: dict[str, int], budget: Budget) -> str:
     fits = "yes" if point["required"] <= budget.available else "no"
     return f"| {point['batch_size']} | {point['memory_size']} | {point['peak'] / MIB:.1f} | {point['required'] / MIB:.1f} | {fits} |"
-

@@ -26,7 +26,9 @@ def write_gallery_and_queries(samples: list[Sample], gallery: Path, queries: Pat
         is_query = sample.label not in held_out
         target = queries / f"{sample.label}.png" if is_query else gallery / sample.label / f"{position:04d}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        (Image.fromarray(sample.image) if isinstance(sample.image, np.ndarray) else load_image(sample.image)).save(target)
+        (Image.fromarray(sample.image) if isinstance(sample.image, np.ndarray) else load_image(sample.image)).save(
+            target
+        )
         if is_query:
             held_out.add(sample.label)
             written.append(target)

@@ -63,7 +63,8 @@ def scan_samples(samples: list[Sample]) -> ScanResult:
     emptied = sorted(set(s.label for s in samples) - set(s.label for s in result.usable))
     if emptied:
         raise DataError(
-            f"class {emptied[0]!r} has no readable image left" + (f" (also: {', '.join(emptied[1:])})" if emptied[1:] else ""),
+            f"class {emptied[0]!r} has no readable image left"
+            + (f" (also: {', '.join(emptied[1:])})" if emptied[1:] else ""),
             hint="fix or remove the unreadable files listed in the warning",
         )
     return result

@@ -44,7 +44,10 @@ class PKSampler:
         if small:
             log.warning(
                 "%d class(es) have fewer than K=%d images and are sampled with replacement (class indices %s%s)",
-                len(small), samples_per_class, ", ".join(map(str, small[:10])), " ..." if len(small) > 10 else "",
+                len(small),
+                samples_per_class,
+                ", ".join(map(str, small[:10])),
+                " ..." if len(small) > 10 else "",
             )
 
     def __len__(self) -> int:

@@ -81,7 +81,9 @@ def load_source(spec: str, min_classes: int = 2) -> Source:
         elif path.is_file() and path.suffix.lower() == ".csv":
             source = load_csv_manifest(path)
         elif path.exists():
-            raise DataError(f"--data {spec}: not a folder or a .csv manifest", hint="pass an image folder or a CSV file")
+            raise DataError(
+                f"--data {spec}: not a folder or a .csv manifest", hint="pass an image folder or a CSV file"
+            )
         else:
             known = ", ".join(named_sources.names())
             raise DataError(f"--data {spec}: no such file or folder", hint=f"use an existing path or one of: {known}")
@@ -96,9 +98,7 @@ def load_source(spec: str, min_classes: int = 2) -> Source:
 def load_image_folder(root: Path) -> Source:
     samples: list[Sample] = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            f for f in class_dir.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-        )
+        files = sorted(f for f in class_dir.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"{class_dir}: class folder holds no images", hint="remove the folder or add images to it")
         samples.extend(Sample(image=str(f), label=class_dir.name) for f in files)

@@ -83,7 +83,9 @@ class S2SDLoss(nn.Module):
         """base: (B, D) raw base embedding; aux: the heads' normalized embeddings; features: (B, F) pooled."""
         feature_active = self.feature_active
         self.iteration += 1
-        aux_loss = torch.stack([loss(embedding, labels) for loss, embedding in zip(self.aux_losses, aux, strict=True)]).mean()
+        aux_loss = torch.stack(
+            [loss(embedding, labels) for loss, embedding in zip(self.aux_losses, aux, strict=True)]
+        ).mean()
         total = (self.base_loss(base, labels) + aux_loss) / 2
         student = F.normalize(base, dim=1)
         distill = torch.stack([similarity_kl(student, teacher, self.temperature) for teacher in aux]).mean()
@@ -100,7 +102,14 @@ class TeacherDistillLoss(nn.Module):
     gradient on the same images (resized to the teacher's input size when it differs).
     """
 
-    def __init__(self, student_loss: nn.Module, teacher: nn.Module, teacher_input_size: int, weight: float = 50.0, temperature: float = 1.0):
+    def __init__(
+        self,
+        student_loss: nn.Module,
+        teacher: nn.Module,
+        teacher_input_size: int,
+        weight: float = 50.0,
+        temperature: float = 1.0,
+    ):
         super().__init__()
         self.student_loss = student_loss
         self.teacher = teacher.eval().requires_grad_(False)

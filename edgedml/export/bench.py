@@ -74,8 +74,14 @@ class BatchTiming:
         p50, p90, p99 = (float(v) for v in np.percentile(ms, PERCENTILES))
         total_s = float(np.sum(seconds))
         return cls(
-            batch=batch, iterations=len(ms), p50_ms=p50, p90_ms=p90, p99_ms=p99, mean_ms=float(ms.mean()),
-            min_ms=float(ms.min()), max_ms=float(ms.max()),
+            batch=batch,
+            iterations=len(ms),
+            p50_ms=p50,
+            p90_ms=p90,
+            p99_ms=p99,
+            mean_ms=float(ms.mean()),
+            min_ms=float(ms.min()),
+            max_ms=float(ms.max()),
             images_per_s=batch * len(ms) / total_s if total_s > 0 else float("inf"),
         )
 
@@ -206,7 +212,9 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def open_model(path: str | Path, runtime: str | None = None, device: str = "cpu", threads: int | None = None) -> Embedder:
+def open_model(
+    path: str | Path, runtime: str | None = None, device: str = "cpu", threads: int | None = None
+) -> Embedder:
     """Load a model for timing; ``threads`` goes to onnxruntime's session (PyTorch's are set by ``bench``)."""
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device {device!r} is not one of cpu, cuda")
@@ -249,8 +257,14 @@ def bench(
     sizes = resolve_batches(embedder, batches)
     info = embedder.info
     result = BenchResult(
-        model=str(embedder.path), runtime=embedder.runtime, precision=info.precision, device=device,
-        threads=threads, input_size=info.input_size, dim=info.dim, warmup=plan.warmup,
+        model=str(embedder.path),
+        runtime=embedder.runtime,
+        precision=info.precision,
+        device=device,
+        threads=threads,
+        input_size=info.input_size,
+        dim=info.dim,
+        warmup=plan.warmup,
     )
     with torch_threads(threads):
         result.environment = environment(threads)
@@ -260,6 +274,8 @@ def bench(
             progress.stage(f"batch {batch}", total=plan.iterations)
             seconds = time_calls(embedder, images, plan.iterations, plan.budget_s, clock, progress)
             timing = BatchTiming.from_seconds(batch, seconds)
-            log.info("%s batch %d: p50 %.2f ms, %.0f images/s", embedder.path, batch, timing.p50_ms, timing.images_per_s)
+            log.info(
+                "%s batch %d: p50 %.2f ms, %.0f images/s", embedder.path, batch, timing.p50_ms, timing.images_per_s
+            )
             result.timings.append(timing)
     return result

@@ -58,8 +58,10 @@ class DeepStreamFiles:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "nvinfer": str(self.nvinfer), "tracker": str(self.tracker),
-            "net_scale_factor": self.normalization.net_scale_factor, "offsets": list(self.normalization.offsets),
+            "nvinfer": str(self.nvinfer),
+            "tracker": str(self.tracker),
+            "net_scale_factor": self.normalization.net_scale_factor,
+            "offsets": list(self.normalization.offsets),
             "max_relative_input_error": self.normalization.max_relative_error,
         }
 
@@ -75,7 +77,15 @@ def _header(info: ModelInfo, norm: Normalization, comment: str) -> list[str]:
     ]
 
 
-def nvinfer_config(info: ModelInfo, engine: Path, onnx: Path, precision: str, batch_size: int, gie_id: int = 2, operate_on_gie_id: int = 1) -> str:
+def nvinfer_config(
+    info: ModelInfo,
+    engine: Path,
+    onnx: Path,
+    precision: str,
+    batch_size: int,
+    gie_id: int = 2,
+    operate_on_gie_id: int = 1,
+) -> str:
     """A Gst-nvinfer config file: the model as a secondary embedder on the primary detector's objects."""
     norm = deepstream_normalization(info.mean, info.std)
     lines = _header(info, norm, "#") + [
@@ -102,7 +112,9 @@ def nvinfer_config(info: ModelInfo, engine: Path, onnx: Path, precision: str, ba
     return "\n".join(lines)
 
 
-def tracker_reid_config(info: ModelInfo, engine: Path, onnx: Path, precision: str, batch_size: int, workspace_bytes: int | None) -> str:
+def tracker_reid_config(
+    info: ModelInfo, engine: Path, onnx: Path, precision: str, batch_size: int, workspace_bytes: int | None
+) -> str:
     """The ``ReID:`` section of an NvMultiObjectTracker (NvDCF / NvDeepSORT) YAML configuration."""
     norm = deepstream_normalization(info.mean, info.std)
     workspace_mib = workspace_bytes >> 20 if workspace_bytes else DEFAULT_TRACKER_WORKSPACE_MIB

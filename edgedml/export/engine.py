@@ -67,7 +67,9 @@ def resolve_workspace(workspace: str | None, profile: str | None) -> tuple[int |
     if workspace is not None:
         return parse_bytes(workspace, "--workspace"), f"--workspace {workspace}"
     if profile is not None:
-        return workspace_from_device(load_profile(profile)), f"{WORKSPACE_FRACTION:.0%} of profile {profile}'s free memory"
+        return workspace_from_device(
+            load_profile(profile)
+        ), f"{WORKSPACE_FRACTION:.0%} of profile {profile}'s free memory"
     return None, "device"
 
 
@@ -97,11 +99,20 @@ class EngineExport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": str(self.path), "sidecar": str(self.sidecar), "size_bytes": self.size_bytes, "precision": self.precision,
-            "onnx": str(self.onnx_path), "tensorrt_version": self.tensorrt_version, "gpu": self.gpu.to_dict(),
-            "batch": self.batch.to_dict(), "workspace_bytes": self.workspace_bytes, "workspace_source": self.workspace_source,
-            "timing_cache": str(self.timing_cache) if self.timing_cache else None, "build_seconds": self.build_seconds,
-            "check": self.check, "deepstream": self.deepstream,
+            "path": str(self.path),
+            "sidecar": str(self.sidecar),
+            "size_bytes": self.size_bytes,
+            "precision": self.precision,
+            "onnx": str(self.onnx_path),
+            "tensorrt_version": self.tensorrt_version,
+            "gpu": self.gpu.to_dict(),
+            "batch": self.batch.to_dict(),
+            "workspace_bytes": self.workspace_bytes,
+            "workspace_source": self.workspace_source,
+            "timing_cache": str(self.timing_cache) if self.timing_cache else None,
+            "build_seconds": self.build_seconds,
+            "check": self.check,
+            "deepstream": self.deepstream,
         }
 
 
@@ -143,28 +154,58 @@ def export_engine(
     if workspace_bytes is None:
         workspace_bytes, workspace_source = probe_workspace()
     cache = Path(timing_cache) if timing_cache is not None else default_timing_cache(str(trt.__version__), gpu)
-    progress.stage(f"building the {precision} TensorRT engine (TensorRT {trt.__version__}, {gpu.name}; minutes on a Jetson)")
+    progress.stage(
+        f"building the {precision} TensorRT engine (TensorRT {trt.__version__}, {gpu.name}; minutes on a Jetson)"
+    )
     build = build_engine(onnx_path, plan, batch, workspace_bytes, cache, trt=trt)
     sidecar = make_sidecar(build, gpu, onnx_path, read_metadata(onnx_path), workspace_source)
     progress.stage("running the engine against the ONNX model")
     check = _write_checked_engine(engine_path, build, sidecar, trt, summary.path, run_dir)
     result = EngineExport(
-        path=engine_path, sidecar=sidecar_path(engine_path), size_bytes=len(build.engine), precision=precision,
-        onnx_path=onnx_path, tensorrt_version=build.tensorrt_version, gpu=gpu, batch=batch, workspace_bytes=workspace_bytes,
-        workspace_source=workspace_source, timing_cache=cache, build_seconds=build.seconds, check=check,
+        path=engine_path,
+        sidecar=sidecar_path(engine_path),
+        size_bytes=len(build.engine),
+        precision=precision,
+        onnx_path=onnx_path,
+        tensorrt_version=build.tensorrt_version,
+        gpu=gpu,
+        batch=batch,
+        workspace_bytes=workspace_bytes,
+        workspace_source=workspace_source,
+        timing_cache=cache,
+        build_seconds=build.seconds,
+        check=check,
     )
     if deepstream:
         info = ModelInfo.from_metadata(sidecar["metadata"], str(engine_path))
-        result.deepstream = write_deepstream_configs(engine_path, onnx_path, info, precision, batch.max, workspace_bytes).to_dict()
+        result.deepstream = write_deepstream_configs(
+            engine_path, onnx_path, info, precision, batch.max, workspace_bytes
+        ).to_dict()
     return result
 
 
-def _export_checked_onnx(run_dir: Path, onnx_out: Path, batch: BatchRange, checkpoint: str, half: bool, int8: bool,
-                         calib_data: str | None, opset: int | None, progress: Progress) -> ExportSummary:
+def _export_checked_onnx(
+    run_dir: Path,
+    onnx_out: Path,
+    batch: BatchRange,
+    checkpoint: str,
+    half: bool,
+    int8: bool,
+    calib_data: str | None,
+    opset: int | None,
+    progress: Progress,
+) -> ExportSummary:
     """The ONNX files the engine is built from (checked against PyTorch), and TensorRT's operator rules on each."""
     summary = export_onnx(
-        run_dir, onnx_out, opset=opset, batch=batch.max if batch.min == batch.max else None, checkpoint=checkpoint,
-        half=half, int8=int8, calib_data=calib_data, progress=progress,
+        run_dir,
+        onnx_out,
+        opset=opset,
+        batch=batch.max if batch.min == batch.max else None,
+        checkpoint=checkpoint,
+        half=half,
+        int8=int8,
+        calib_data=calib_data,
+        progress=progress,
     )
     progress.stage("checking the graph against TensorRT's ONNX operators")
     for exported in summary.files.values():
@@ -183,21 +224,28 @@ def _tensorrt_after(summary: ExportSummary) -> ModuleType:
         return import_tensorrt()
     except ExportError as exc:
         written = ", ".join(Path(f.path).name for f in summary.files.values())
-        raise ExportError(f"{exc.message}; {written} written and every operator is one TensorRT 10 parses", exc.hint) from None
+        raise ExportError(
+            f"{exc.message}; {written} written and every operator is one TensorRT 10 parses", exc.hint
+        ) from None
 
 
 def _onnx_for(plan: PrecisionPlan, summary: ExportSummary, tensorrt_version: str) -> Path:
     if plan.onnx_precision not in summary.files:
-        raise ExportError(f"TensorRT {tensorrt_version} builds {plan.precision} from the {plan.onnx_precision} ONNX, which was not exported")
+        raise ExportError(
+            f"TensorRT {tensorrt_version} builds {plan.precision} from the {plan.onnx_precision} ONNX, which was not exported"
+        )
     return Path(summary.files[plan.onnx_precision].path)
 
 
-def _write_checked_engine(engine_path: Path, build: EngineBuild, sidecar: dict[str, Any], trt: ModuleType,
-                          reference_onnx: Path, run_dir: Path) -> dict[str, float]:
+def _write_checked_engine(
+    engine_path: Path, build: EngineBuild, sidecar: dict[str, Any], trt: ModuleType, reference_onnx: Path, run_dir: Path
+) -> dict[str, float]:
     """Write the engine to a temporary file, run it against the fp32 ONNX, rename it only if it agrees; then the sidecar."""
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(build.engine)
-        check = check_engine(TensorRTEmbedder(tmp, sidecar=sidecar, trt=trt), reference_onnx, run_dir, build.plan.precision)
+        check = check_engine(
+            TensorRTEmbedder(tmp, sidecar=sidecar, trt=trt), reference_onnx, run_dir, build.plan.precision
+        )
         sidecar["check"] = check
     write_json(sidecar_path(engine_path), sidecar)
     return check
@@ -207,7 +255,7 @@ def check_engine(embedder: TensorRTEmbedder, reference_onnx: Path, run_dir: Path
     """Cosine between the engine's and the fp32 ONNX's embeddings of the run's check images."""
     images = check_images(run_dir).numpy()
     reference = OnnxRuntimeEmbedder.on_cpu(reference_onnx).embed(images)
-    check = {**cosine_check(embedder.embed(images), reference), "images": int(len(images))}
+    check = {**cosine_check(embedder.embed(images), reference), "images": len(images)}
     if not check["min_cosine"] >= ENGINE_MIN_COSINE[precision]:
         raise ExportError(
             f"the {precision} engine disagrees with the fp32 ONNX: min cosine {check['min_cosine']:.4f} < "

@@ -27,8 +27,21 @@ FORMATS: dict[str, Format] = {
         "ONNX fp32 (+ fp16 / int8 Q/DQ copies), checked with onnxruntime against PyTorch, Recall@1 of each on the test classes",
     ),
     "engine": Format(
-        frozenset({"batch", "dynamic", "opset", "half", "int8", "calib_data", "max_batch", "workspace", "profile",
-                   "timing_cache", "deepstream"}),
+        frozenset(
+            {
+                "batch",
+                "dynamic",
+                "opset",
+                "half",
+                "int8",
+                "calib_data",
+                "max_batch",
+                "workspace",
+                "profile",
+                "timing_cache",
+                "deepstream",
+            }
+        ),
         "TensorRT engine built on this GPU from the checked ONNX; sidecar model.engine.json records TensorRT version and GPU",
     ),
 }
@@ -42,7 +55,9 @@ def check_export_options(format_name: str, given: Mapping[str, object]) -> Forma
     """The format, if every option in ``given`` (name -> value; None or False: not given) may be used with it."""
     spec = FORMATS.get(format_name)
     if spec is None:
-        raise ConfigError(f"--format {format_name!r} is not one of {', '.join(FORMATS)}", hint="edgedml export --help lists them")
+        raise ConfigError(
+            f"--format {format_name!r} is not one of {', '.join(FORMATS)}", hint="edgedml export --help lists them"
+        )
     present = {name for name, value in given.items() if value is not None and value is not False}
     unsupported = sorted(present - spec.options)
     if unsupported:

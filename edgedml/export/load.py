@@ -32,7 +32,11 @@ def runtime_for(path: str | Path) -> str:
 
 
 def load_embedder(
-    path: str | Path, runtime: str | None = None, device: str = "cpu", checkpoint: str = "best", threads: int | None = None
+    path: str | Path,
+    runtime: str | None = None,
+    device: str = "cpu",
+    checkpoint: str = "best",
+    threads: int | None = None,
 ) -> Embedder:
     """Open ``path`` with ``runtime`` (default: the one its file type needs).
 

@@ -63,8 +63,15 @@ class ExportedFile:
     map_at_r: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "precision": self.precision, "size_bytes": self.size_bytes, "seconds": self.seconds,
-                "check": self.check, "recall_at_1": self.recall_at_1, "map_at_r": self.map_at_r}
+        return {
+            "path": str(self.path),
+            "precision": self.precision,
+            "size_bytes": self.size_bytes,
+            "seconds": self.seconds,
+            "check": self.check,
+            "recall_at_1": self.recall_at_1,
+            "map_at_r": self.map_at_r,
+        }
 
 
 @dataclass
@@ -91,10 +98,17 @@ class ExportSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "run_dir": str(self.run_dir), "files": {name: f.to_dict() for name, f in self.files.items()},
-            "batch": self.batch, "opset": self.opset, "checked_images": self.checked_images, "seconds": self.seconds,
-            "metadata": self.metadata, "summary_path": str(self.summary_path), "reference": self.reference,
-            "test_images": self.test_images, "calibration": self.calibration.to_dict() if self.calibration else None,
+            "run_dir": str(self.run_dir),
+            "files": {name: f.to_dict() for name, f in self.files.items()},
+            "batch": self.batch,
+            "opset": self.opset,
+            "checked_images": self.checked_images,
+            "seconds": self.seconds,
+            "metadata": self.metadata,
+            "summary_path": str(self.summary_path),
+            "reference": self.reference,
+            "test_images": self.test_images,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
             "warnings": self.warnings,
         }
 
@@ -112,11 +126,19 @@ class Calibration:
     samples: list[Sample] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"data": self.data, "split": self.split, "default": self.default, "available": self.available,
-                "images": self.images, "int8_for": self.int8_for}
+        return {
+            "data": self.data,
+            "split": self.split,
+            "default": self.default,
+            "available": self.available,
+            "images": self.images,
+            "int8_for": self.int8_for,
+        }
 
 
-def model_metadata(run_dir: Path, dim: int, input_size: int, config, batch: int | None = None, precision: str = "fp32") -> dict[str, str]:
+def model_metadata(
+    run_dir: Path, dim: int, input_size: int, config, batch: int | None = None, precision: str = "fp32"
+) -> dict[str, str]:
     """Key/value strings stored in the ONNX file's metadata_props (read back by ``ModelInfo.from_metadata``)."""
     return {
         "edgedml_version": __version__,
@@ -182,7 +204,11 @@ def export_onnx(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     target = _check_options(out, run_dir, batch, int8, calib_data, int8_for)
-    targets = {"fp32": target} | {name: target.with_name(f"{target.stem}.{name}.onnx") for name, wanted in (("fp16", half), ("int8", int8)) if wanted}
+    targets = {"fp32": target} | {
+        name: target.with_name(f"{target.stem}.{name}.onnx")
+        for name, wanted in (("fp16", half), ("int8", int8))
+        if wanted
+    }
     model, config = load_run_model(run_dir, checkpoint, device="cpu")
     progress.stage("reading the run's data")
     prepared = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed)
@@ -197,17 +223,42 @@ def export_onnx(
         with torch.no_grad():
             expected = model(images).numpy()
         if half:
-            files["fp16"] = _export_fp16(tmp["fp32"], tmp["fp16"], targets["fp16"], images, expected, metadata, progress)
+            files["fp16"] = _export_fp16(
+                tmp["fp32"], tmp["fp16"], targets["fp16"], images, expected, metadata, progress
+            )
         warning_lines: list[str] = []
         if calibration is not None:
-            files["int8"] = _export_int8(tmp["fp32"], tmp["int8"], targets["int8"], images, expected, metadata, calibration,
-                                         config.input_size, batch, progress, warning_lines)
+            files["int8"] = _export_int8(
+                tmp["fp32"],
+                tmp["int8"],
+                targets["int8"],
+                images,
+                expected,
+                metadata,
+                calibration,
+                config.input_size,
+                batch,
+                progress,
+                warning_lines,
+            )
         reference, scored = None, 0
         if evaluate:
-            reference, scored = _score(model, prepared.splits.test, config.input_size, files, tmp, progress, warning_lines)
+            reference, scored = _score(
+                model, prepared.splits.test, config.input_size, files, tmp, progress, warning_lines
+            )
         summary = ExportSummary(
-            run_dir, files, batch, _graph_opset(tmp["fp32"]), len(images), time.perf_counter() - started, metadata, summary_path,
-            reference, scored, calibration, warning_lines,
+            run_dir,
+            files,
+            batch,
+            _graph_opset(tmp["fp32"]),
+            len(images),
+            time.perf_counter() - started,
+            metadata,
+            summary_path,
+            reference,
+            scored,
+            calibration,
+            warning_lines,
         )
         summary_tmp.write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for exported in files.values():
@@ -215,9 +266,13 @@ def export_onnx(
     return summary
 
 
-def _check_options(out: str | Path | None, run_dir: Path, batch: int | None, int8: bool, calib_data: str | None, int8_for: str) -> Path:
+def _check_options(
+    out: str | Path | None, run_dir: Path, batch: int | None, int8: bool, calib_data: str | None, int8_for: str
+) -> Path:
     """Refuse what cannot work before any work (the format table's rules, the batch range); the fp32 file's path."""
-    check_export_options("onnx", {"batch": batch, "int8": int8, "calib_data": calib_data, "int8_for": int8_for if int8 else None})
+    check_export_options(
+        "onnx", {"batch": batch, "int8": int8, "calib_data": calib_data, "int8_for": int8_for if int8 else None}
+    )
     if batch is not None and not 1 <= batch <= MAX_BATCH:
         raise ConfigError(f"--batch {batch} must lie in 1..{MAX_BATCH}", hint="or use --dynamic")
     target = Path(out) if out is not None else run_dir / "model.onnx"
@@ -226,8 +281,16 @@ def _check_options(out: str | Path | None, run_dir: Path, batch: int | None, int
     return target
 
 
-def _export_fp32(model: EmbeddingModel, images: torch.Tensor, written: Path, final: Path, opset: int | None, batch: int | None,
-                 metadata: dict[str, str], progress: Progress) -> ExportedFile:
+def _export_fp32(
+    model: EmbeddingModel,
+    images: torch.Tensor,
+    written: Path,
+    final: Path,
+    opset: int | None,
+    batch: int | None,
+    metadata: dict[str, str],
+    progress: Progress,
+) -> ExportedFile:
     started = time.perf_counter()
     progress.stage("exporting fp32")
     _export_graph(model, images, written, opset, batch, metadata)
@@ -235,8 +298,15 @@ def _export_fp32(model: EmbeddingModel, images: torch.Tensor, written: Path, fin
     return _exported(final, written, "fp32", started, {"max_abs_diff": max_diff})
 
 
-def _export_fp16(fp32: Path, written: Path, final: Path, images: torch.Tensor, expected: np.ndarray, metadata: dict[str, str],
-                 progress: Progress) -> ExportedFile:
+def _export_fp16(
+    fp32: Path,
+    written: Path,
+    final: Path,
+    images: torch.Tensor,
+    expected: np.ndarray,
+    metadata: dict[str, str],
+    progress: Progress,
+) -> ExportedFile:
     started = time.perf_counter()
     progress.stage("converting to fp16")
     precision.convert_fp16(fp32, written, metadata | {"precision": "fp16"})
@@ -244,35 +314,61 @@ def _export_fp16(fp32: Path, written: Path, final: Path, images: torch.Tensor, e
     return _exported(final, written, "fp16", started, check)
 
 
-def _export_int8(fp32: Path, written: Path, final: Path, images: torch.Tensor, expected: np.ndarray, metadata: dict[str, str],
-                 calibration: Calibration, input_size: int, batch: int | None, progress: Progress,
-                 warning_lines: list[str]) -> ExportedFile:
+def _export_int8(
+    fp32: Path,
+    written: Path,
+    final: Path,
+    images: torch.Tensor,
+    expected: np.ndarray,
+    metadata: dict[str, str],
+    calibration: Calibration,
+    input_size: int,
+    batch: int | None,
+    progress: Progress,
+    warning_lines: list[str],
+) -> ExportedFile:
     started = time.perf_counter()
     progress.stage("calibrating int8", total=len(calibration.samples))
-    reader = precision.ImageCalibrationReader(calibration.samples, input_size, IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, batch, progress)
-    precision.quantize_int8(fp32, written, reader, metadata | {"precision": "int8", "int8_for": calibration.int8_for}, calibration.int8_for)
+    reader = precision.ImageCalibrationReader(
+        calibration.samples, input_size, IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, batch, progress
+    )
+    precision.quantize_int8(
+        fp32, written, reader, metadata | {"precision": "int8", "int8_for": calibration.int8_for}, calibration.int8_for
+    )
     calibration.images = reader.used
     if reader.used < precision.CALIBRATION_WARN:
-        warning_lines.append(f"int8 calibrated on {reader.used} images (fewer than {precision.CALIBRATION_WARN}): its ranges may not cover the images it will see")
+        warning_lines.append(
+            f"int8 calibrated on {reader.used} images (fewer than {precision.CALIBRATION_WARN}): its ranges may not cover the images it will see"
+        )
         log.warning("%s", warning_lines[-1])
     check = _check_reduced(written, images, expected, "int8", precision.INT8_MIN_COSINE)
     return _exported(final, written, "int8", started, check)
 
 
 def _graph_opset(path: Path) -> int:
-    return next(entry.version for entry in onnx.load(str(path), load_external_data=False).opset_import if entry.domain in ("", "ai.onnx"))
+    return next(
+        entry.version
+        for entry in onnx.load(str(path), load_external_data=False).opset_import
+        if entry.domain in ("", "ai.onnx")
+    )
 
 
 def _exported(final: Path, written: Path, precision_name: str, started: float, check: dict[str, float]) -> ExportedFile:
     return ExportedFile(final, precision_name, written.stat().st_size, time.perf_counter() - started, check)
 
 
-def _check_reduced(path: Path, images: torch.Tensor, expected: np.ndarray, precision_name: str, floor: float) -> dict[str, float]:
+def _check_reduced(
+    path: Path, images: torch.Tensor, expected: np.ndarray, precision_name: str, floor: float
+) -> dict[str, float]:
     """Per-embedding cosine of a reduced-precision file against PyTorch; ExportError below ``floor`` or non-finite."""
     got = OnnxRuntimeEmbedder.on_cpu(path).embed(images.numpy())
     check = cosine_check(got, expected)
     if not check["min_cosine"] >= floor:  # NaN (non-finite output) fails too
-        hint = "export without --half" if precision_name == "fp16" else "calibrate on images like the ones it will embed (--calib-data), or use --half"
+        hint = (
+            "export without --half"
+            if precision_name == "fp16"
+            else "calibrate on images like the ones it will embed (--calib-data), or use --half"
+        )
         raise ExportError(
             f"the {precision_name} model disagrees with PyTorch: min cosine {check['min_cosine']:.4f} < {floor} "
             f"over {len(images)} test images; nothing was written",
@@ -286,7 +382,15 @@ def _calibration(calib_data: str | None, config: TrainConfig, prepared: Prepared
     own = calib_data is None or _same_data(calib_data, config.data)
     pool = prepared.splits.train if own else load_source(calib_data).samples
     chosen = precision.pick_calibration(pool)
-    return Calibration(calib_data or config.data, "train" if own else "all", calib_data is None, len(pool), len(chosen), int8_for, chosen)
+    return Calibration(
+        calib_data or config.data,
+        "train" if own else "all",
+        calib_data is None,
+        len(pool),
+        len(chosen),
+        int8_for,
+        chosen,
+    )
 
 
 def _same_data(spec: str, run_data: str) -> bool:
@@ -296,8 +400,15 @@ def _same_data(spec: str, run_data: str) -> bool:
     return first.exists() and second.exists() and first.resolve() == second.resolve()
 
 
-def _score(model: EmbeddingModel, test: list[Sample], input_size: int, files: dict[str, ExportedFile], written: dict[str, Path],
-           progress: Progress, warning_lines: list[str]) -> tuple[dict[str, float] | None, int]:
+def _score(
+    model: EmbeddingModel,
+    test: list[Sample],
+    input_size: int,
+    files: dict[str, ExportedFile],
+    written: dict[str, Path],
+    progress: Progress,
+    warning_lines: list[str],
+) -> tuple[dict[str, float] | None, int]:
     """Recall@1 and MAP@R on the test classes: PyTorch's (the reference) and each file's, through onnxruntime."""
     labels = class_indices(test)
     progress.stage("Recall@1 of PyTorch on the test classes")
@@ -315,7 +426,14 @@ def _score(model: EmbeddingModel, test: list[Sample], input_size: int, files: di
     return {"recall_at_1": recall[1], "map_at_r": map_at_r}, len(torch_labels)
 
 
-def _export_graph(model: torch.nn.Module, images: torch.Tensor, path: Path, opset: int | None, batch: int | None, metadata: dict[str, str]) -> None:
+def _export_graph(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    path: Path,
+    opset: int | None,
+    batch: int | None,
+    metadata: dict[str, str],
+) -> None:
     example = images[: batch or 2]
     if batch is not None and len(example) < batch:
         example = example.repeat((batch + len(example) - 1) // len(example), 1, 1, 1)[:batch]
@@ -323,8 +441,14 @@ def _export_graph(model: torch.nn.Module, images: torch.Tensor, path: Path, opse
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
-                model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=dynamic, opset_version=opset, verbose=False,
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic,
+                opset_version=opset,
+                verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; the user needs the one line
         raise ExportError(f"the ONNX exporter failed: {str(exc).splitlines()[0]}", hint="try another --opset") from None

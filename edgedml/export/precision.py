@@ -104,8 +104,9 @@ class ImageCalibrationReader(CalibrationDataReader):
     already holds, so no blank image skews the ranges). ``progress.advance(n)`` after each batch.
     """
 
-    def __init__(self, samples: list, input_size: int, mean, std, input_name: str, batch: int | None,
-                 progress: Progress = SILENT):
+    def __init__(
+        self, samples: list, input_size: int, mean, std, input_name: str, batch: int | None, progress: Progress = SILENT
+    ):
         self.samples = samples
         self.input_size, self.mean, self.std = input_size, mean, std
         self.input_name = input_name
@@ -115,7 +116,9 @@ class ImageCalibrationReader(CalibrationDataReader):
         self._batches: Iterator[np.ndarray] | None = None
 
     def _iterate(self) -> Iterator[np.ndarray]:
-        dataset = ImageDataset(self.samples, {s.label: 0 for s in self.samples}, eval_transform(self.input_size, self.mean, self.std))
+        dataset = ImageDataset(
+            self.samples, {s.label: 0 for s in self.samples}, eval_transform(self.input_size, self.mean, self.std)
+        )
         loader = DataLoader(dataset, batch_size=self.batch or CALIBRATION_BATCH, collate_fn=collate_skip_bad)
         for start, loaded in zip(range(0, len(self.samples), loader.batch_size), loader, strict=True):
             self.progress.advance(min(loader.batch_size, len(self.samples) - start))
@@ -159,10 +162,16 @@ def quantize_int8(
         if runs_on == "tensorrt":  # TensorRT's Q/DQ rules: zero points 0, float biases
             options |= {"ActivationSymmetric": True, "QuantizeBias": False}
         quantize_static(
-            str(prepared), str(target), reader,
-            quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
-            activation_type=QuantType.QInt8 if runs_on == "tensorrt" else QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded, extra_options=options,
+            str(prepared),
+            str(target),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+            activation_type=QuantType.QInt8 if runs_on == "tensorrt" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            extra_options=options,
         )
     if reader.used == 0:
         raise DataError("no calibration image could be decoded", hint="check the images of --calib-data")

@@ -135,7 +135,9 @@ class OnnxRuntimeEmbedder(BatchedEmbedder):
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=list(providers or ort.get_available_providers()))
+            self.session = ort.InferenceSession(
+                str(path), options, providers=list(providers or ort.get_available_providers())
+            )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
         metadata = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -165,8 +167,12 @@ class TorchEmbedder(BatchedEmbedder):
         self.model, config = load_run_model(run_dir, checkpoint, device)
         self.device = next(self.model.parameters()).device
         info = ModelInfo(
-            dim=config.dim, input_size=config.input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-            config_hash=config_hash(config), backbone=config.backbone,
+            dim=config.dim,
+            input_size=config.input_size,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            config_hash=config_hash(config),
+            backbone=config.backbone,
         )
         super().__init__(Path(run_dir), info)
 
@@ -185,7 +191,9 @@ def embed_samples(
     """
     info = embedder.info
     transform = eval_transform(info.input_size, info.mean, info.std)
-    return embed_images(lambda images: embedder.embed(images.numpy()), samples, transform, info.dim, batch_size, progress=progress)
+    return embed_images(
+        lambda images: embedder.embed(images.numpy()), samples, transform, info.dim, batch_size, progress=progress
+    )
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -51,8 +51,10 @@ JETSON_MARKER = Path("/etc/nv_tegra_release")
 
 def install_hint() -> str:
     if JETSON_MARKER.exists():
-        return ("on a Jetson TensorRT comes with JetPack: sudo apt install python3-libnvinfer, "
-                "and create the venv with --system-site-packages so that it sees it")
+        return (
+            "on a Jetson TensorRT comes with JetPack: sudo apt install python3-libnvinfer, "
+            "and create the venv with --system-site-packages so that it sees it"
+        )
     return "pip install 'edgedml[tensorrt]' (NVIDIA's tensorrt wheels; needs an NVIDIA GPU and driver)"
 
 
@@ -108,7 +110,9 @@ class BatchRange:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max <= MAX_BATCH:
-            raise ConfigError(f"batch range {self.min}/{self.opt}/{self.max} must satisfy 1 <= min <= opt <= max <= {MAX_BATCH}")
+            raise ConfigError(
+                f"batch range {self.min}/{self.opt}/{self.max} must satisfy 1 <= min <= opt <= max <= {MAX_BATCH}"
+            )
 
     def to_dict(self) -> dict[str, int]:
         return {"min": self.min, "opt": self.opt, "max": self.max}
@@ -129,8 +133,10 @@ def plan_precision(precision: str, major: int, fp16_fallback: bool = False) -> P
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if major < 10:
-        raise ExportError(f"TensorRT {major} is too old: edgedml builds with TensorRT 10 or newer",
-                          hint="JetPack 6.1+ on a Jetson; pip install 'edgedml[tensorrt]' on a desktop")
+        raise ExportError(
+            f"TensorRT {major} is too old: edgedml builds with TensorRT 10 or newer",
+            hint="JetPack 6.1+ on a Jetson; pip install 'edgedml[tensorrt]' on a desktop",
+        )
     if major >= 11:
         return PrecisionPlan(precision, precision, True, ())
     flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16") if fp16_fallback else ("INT8",)}[precision]
@@ -199,9 +205,15 @@ def build_engine(
         cache_bytes = bytes(memoryview(config.get_timing_cache().serialize()))
         write_with(timing_cache, lambda tmp: tmp.write_bytes(cache_bytes))
     return EngineBuild(
-        engine=bytes(memoryview(serialized)), plan=plan, batch=batch, tensorrt_version=str(trt.__version__),
-        input_shape=input_shape, workspace_bytes=workspace_bytes, timing_cache=Path(timing_cache) if timing_cache else None,
-        timing_cache_reused=reused, seconds=time.perf_counter() - started,
+        engine=bytes(memoryview(serialized)),
+        plan=plan,
+        batch=batch,
+        tensorrt_version=str(trt.__version__),
+        input_shape=input_shape,
+        workspace_bytes=workspace_bytes,
+        timing_cache=Path(timing_cache) if timing_cache else None,
+        timing_cache_reused=reused,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -214,7 +226,9 @@ def _add_profile(builder: Any, network: Any, config: Any, batch: BatchRange) -> 
     shape = list(tensor.shape)
     if shape[0] >= 0:  # a fixed-batch ONNX: the batch range must be that batch
         if (batch.min, batch.max) != (shape[0], shape[0]):
-            raise ConfigError(f"the ONNX has a fixed batch {shape[0]}; the engine cannot take batches {batch.min}..{batch.max}")
+            raise ConfigError(
+                f"the ONNX has a fixed batch {shape[0]}; the engine cannot take batches {batch.min}..{batch.max}"
+            )
         return shape
     rest = tuple(shape[1:])
     profile = builder.create_optimization_profile()
@@ -233,7 +247,9 @@ def _load_timing_cache(config: Any, path: str | Path | None) -> bool:
         if config.set_timing_cache(cache, False):
             return bool(data)
     except Exception as exc:  # a corrupt file: TensorRT raises its own error types
-        log.warning("timing cache %s is unusable (%s); starting a new one", path, str(exc).splitlines()[0] if str(exc) else exc)
+        log.warning(
+            "timing cache %s is unusable (%s); starting a new one", path, str(exc).splitlines()[0] if str(exc) else exc
+        )
     else:
         log.warning("timing cache %s was made by another TensorRT version or GPU; starting a new one", path)
     config.set_timing_cache(config.create_timing_cache(b""), False)
@@ -252,7 +268,9 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_sidecar(build: EngineBuild, gpu: GpuInfo, onnx_path: Path, metadata: dict[str, str], workspace_source: str) -> dict[str, Any]:
+def make_sidecar(
+    build: EngineBuild, gpu: GpuInfo, onnx_path: Path, metadata: dict[str, str], workspace_source: str
+) -> dict[str, Any]:
     """What a loader must know about an engine, and how it was made."""
     engine_metadata = dict(metadata)
     engine_metadata["precision"] = build.plan.precision
@@ -293,9 +311,13 @@ def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
     try:
         sidecar = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})", hint="rebuild the engine: edgedml export RUN_DIR --format engine") from None
+        raise ConfigError(
+            f"{path}: not valid JSON ({exc})", hint="rebuild the engine: edgedml export RUN_DIR --format engine"
+        ) from None
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
-        raise ConfigError(f"{path}: not an edgedml engine sidecar", hint="rebuild the engine: edgedml export RUN_DIR --format engine")
+        raise ConfigError(
+            f"{path}: not an edgedml engine sidecar", hint="rebuild the engine: edgedml export RUN_DIR --format engine"
+        )
     return sidecar
 
 
@@ -322,10 +344,18 @@ class TensorRTEmbedder(BatchedEmbedder):
 
     runtime = "tensorrt"
 
-    def __init__(self, path: str | Path, sidecar: dict[str, Any] | None = None, trt: ModuleType | None = None, device_index: int = 0):
+    def __init__(
+        self,
+        path: str | Path,
+        sidecar: dict[str, Any] | None = None,
+        trt: ModuleType | None = None,
+        device_index: int = 0,
+    ):
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: no such TensorRT engine", hint="build one with edgedml export RUN_DIR --format engine")
+            raise ConfigError(
+                f"{path}: no such TensorRT engine", hint="build one with edgedml export RUN_DIR --format engine"
+            )
         sidecar = sidecar if sidecar is not None else read_sidecar(path)
         trt = trt or import_tensorrt()
         check_compatible(sidecar, trt.__version__, current_gpu(device_index), path)
@@ -361,7 +391,9 @@ class TensorRTEmbedder(BatchedEmbedder):
         stream = torch.cuda.current_stream(self.device)
         images = torch.from_numpy(batch).to(self.device, dtype=self.input_dtype)
         self.context.set_input_shape(self.input_name, tuple(images.shape))
-        output = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device=self.device)
+        output = torch.empty(
+            tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device=self.device
+        )
         self.context.set_tensor_address(self.input_name, images.data_ptr())
         self.context.set_tensor_address(self.output_name, output.data_ptr())
         if not self.context.execute_async_v3(stream.cuda_stream):

@@ -86,14 +86,24 @@ def check_tensorrt_ops(model: Any, tensorrt_version: tuple[int, int] = (10, 3)) 
     opset = next((entry.version for entry in model.opset_import if entry.domain in ONNX_DOMAINS), None)
     problems: list[UnsupportedNode] = []
     if opset is None or not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
-        problems.append(UnsupportedNode(
-            "(model)", "opset", f"opset {opset} is outside TensorRT 10's {OPSET_RANGE[0]}..{OPSET_RANGE[1]}; export with --opset 20",
-        ))
+        problems.append(
+            UnsupportedNode(
+                "(model)",
+                "opset",
+                f"opset {opset} is outside TensorRT 10's {OPSET_RANGE[0]}..{OPSET_RANGE[1]}; export with --opset 20",
+            )
+        )
     constants = _constant_names(model.graph)
     for node in _walk(model.graph):
         reason = _node_problem(node, opset or OPSET_RANGE[1], constants, tensorrt_version)
         if reason:
-            problems.append(UnsupportedNode(node.name or "(unnamed)", node.op_type if not node.domain else f"{node.domain}::{node.op_type}", reason))
+            problems.append(
+                UnsupportedNode(
+                    node.name or "(unnamed)",
+                    node.op_type if not node.domain else f"{node.domain}::{node.op_type}",
+                    reason,
+                )
+            )
     return problems
 
 
@@ -129,13 +139,19 @@ def _zero_point_problem(node: Any, constants: dict[str, Any]) -> str | None:
     if tensor is None:  # a Constant given as value_int(s): nothing to read the type from
         return None
     if tensor.data_type == TensorProto.INT32:
-        return ("dequantizes an INT32 tensor (an int32-quantized bias); TensorRT dequantizes INT8/FP8/INT4 only: "
-                "keep biases in float (onnxruntime: extra_options QuantizeBias=False)")
+        return (
+            "dequantizes an INT32 tensor (an int32-quantized bias); TensorRT dequantizes INT8/FP8/INT4 only: "
+            "keep biases in float (onnxruntime: extra_options QuantizeBias=False)"
+        )
     if tensor.data_type not in (TensorProto.INT8, TensorProto.FLOAT8E4M3FN, TensorProto.INT4):
-        return f"zero point {node.input[2]!r} is {TensorProto.DataType.Name(tensor.data_type)}; TensorRT quantizes to INT8"
+        return (
+            f"zero point {node.input[2]!r} is {TensorProto.DataType.Name(tensor.data_type)}; TensorRT quantizes to INT8"
+        )
     if numpy_helper.to_array(tensor).any():
-        return (f"zero point {node.input[2]!r} is not 0; TensorRT quantizes symmetrically "
-                "(onnxruntime: extra_options ActivationSymmetric=True)")
+        return (
+            f"zero point {node.input[2]!r} is not 0; TensorRT quantizes symmetrically "
+            "(onnxruntime: extra_options ActivationSymmetric=True)"
+        )
     return None
 
 

@@ -32,9 +32,9 @@ def create_loss(name: str, margin: float, mining: str, normalize: bool) -> nn.Mo
 
 
 __all__ = [
+    "LOSS_OPTIONS",
     "AvgNonZeroReducer",
     "BaseMetricLoss",
-    "LOSS_OPTIONS",
     "LossTerms",
     "PMLLoss",
     "ShadowLoss",

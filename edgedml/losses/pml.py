@@ -25,7 +25,14 @@ CHUNK_TRIPLETS = 1 << 21
 class PMLLoss(nn.Module):
     """loss: a pytorch-metric-learning loss; miner: optional, run on the same inputs; kind: ``pairs`` | ``triplet``."""
 
-    def __init__(self, loss: nn.Module, miner: nn.Module | None = None, kind: str = "pairs", mining: str = "all", margin: float = 0.2):
+    def __init__(
+        self,
+        loss: nn.Module,
+        miner: nn.Module | None = None,
+        kind: str = "pairs",
+        mining: str = "all",
+        margin: float = 0.2,
+    ):
         super().__init__()
         self.loss = loss
         self.miner = miner
@@ -50,7 +57,9 @@ class PMLLoss(nn.Module):
         if self.kind == "pairs":
             return self._pairs(embeddings, labels, ref_emb, ref_labels, positive, negative)
         if self.mining == "hard":
-            return self.loss(embeddings, labels, _batch_hard(embeddings, ref_emb, positive, negative), ref_emb, ref_labels)
+            return self.loss(
+                embeddings, labels, _batch_hard(embeddings, ref_emb, positive, negative), ref_emb, ref_labels
+            )
         return _chunked_triplets(self, embeddings, labels, ref_emb, ref_labels, positive, negative)
 
     def _pairs(self, embeddings, labels, ref_emb, ref_labels, positive, negative) -> torch.Tensor:
@@ -132,7 +141,9 @@ def cosine_triplet(margin: float = 0.2, mining: str = "all") -> PMLLoss:
         "hard": miners.BatchHardMiner(distance=cosine),
         "semihard": miners.TripletMarginMiner(margin=margin, type_of_triplets="semihard", distance=cosine),
     }[mining]
-    return PMLLoss(losses.TripletMarginLoss(margin=margin, distance=cosine), miner, kind="triplet", mining=mining, margin=margin)
+    return PMLLoss(
+        losses.TripletMarginLoss(margin=margin, distance=cosine), miner, kind="triplet", mining=mining, margin=margin
+    )
 
 
 def contrastive() -> PMLLoss:

@@ -18,13 +18,13 @@ def resolve_memory_size(size: float, train_images: int) -> int:
 
 
 __all__ = [
+    "MEMORY_KINDS",
+    "STORAGE_DTYPES",
     "AXBNAdapter",
     "CrossBatchLoss",
     "CrossBatchMemory",
     "Gather",
     "KalmanMoments",
-    "MEMORY_KINDS",
-    "STORAGE_DTYPES",
     "XBNAdapter",
     "affine_to",
     "build_memory_adapter",

@@ -39,7 +39,9 @@ def moments(embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std.clamp(min=STD_FLOOR)
 
 
-def affine_to(stored: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_to(
+    stored: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift), each (D,), with ``stored * scale + shift`` having the target moments."""
     mean, std = moments(stored)
     scale = target_std / std

@@ -78,7 +78,9 @@ class CrossBatchLoss(nn.Module):
         """Fill ``count`` slots with random unit vectors and end the warm-up: the steady state in which
         a step's memory is planned or measured. ``samples_per_class`` sets how many labels there are."""
         device = self.memory.embeddings.device
-        stored = F.normalize(torch.randn(count, self.memory.embeddings.shape[1], generator=generator, device=device), dim=1)
+        stored = F.normalize(
+            torch.randn(count, self.memory.embeddings.shape[1], generator=generator, device=device), dim=1
+        )
         labels = torch.randint(0, max(2, count // samples_per_class), (count,), generator=generator, device=device)
         self.memory.enqueue(stored, labels)
         self.iteration.fill_(self.warmup_iters)

@@ -13,7 +13,9 @@ from torch import nn
 from edgedml.models.registry import backbones
 
 
-def _conv_bn(in_ch: int, out_ch: int, stride: int = 1, groups: int = 1, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def _conv_bn(
+    in_ch: int, out_ch: int, stride: int = 1, groups: int = 1, act: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(out_ch), act(inplace=True)
     )
@@ -63,7 +65,15 @@ class InvertedResidual(nn.Module):
 
 
 # (expansion t, channels c, repeats n, first stride s), from the MobileNetV2 paper, Table 2.
-MOBILENETV2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENETV2_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 class MobileNetV2(nn.Module):
@@ -77,7 +87,11 @@ class MobileNetV2(nn.Module):
             for i in range(repeats):
                 layers.append(InvertedResidual(in_ch, out_ch, stride if i == 0 else 1, expand))
                 in_ch = out_ch
-        layers += [nn.Conv2d(in_ch, self.num_features, 1, bias=False), nn.BatchNorm2d(self.num_features), nn.ReLU6(inplace=True)]
+        layers += [
+            nn.Conv2d(in_ch, self.num_features, 1, bias=False),
+            nn.BatchNorm2d(self.num_features),
+            nn.ReLU6(inplace=True),
+        ]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         for module in self.modules():

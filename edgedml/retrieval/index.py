@@ -79,8 +79,14 @@ class IndexParams:
     pq_bits: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "metric": METRIC, "nlist": self.nlist, "nprobe": self.nprobe,
-                "pq_m": self.pq_m, "pq_bits": self.pq_bits}
+        return {
+            "type": self.type,
+            "metric": METRIC,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "pq_m": self.pq_m,
+            "pq_bits": self.pq_bits,
+        }
 
 
 @dataclass
@@ -99,9 +105,18 @@ class IndexSummary:
     embedded_per_s: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "count": self.count, "added": self.added, "resumed": self.resumed,
-                "skipped": self.skipped, "dim": self.dim, "index": self.index,
-                "bytes_per_vector": self.bytes_per_vector, "seconds": self.seconds, "embedded_per_s": self.embedded_per_s}
+        return {
+            "path": str(self.path),
+            "count": self.count,
+            "added": self.added,
+            "resumed": self.resumed,
+            "skipped": self.skipped,
+            "dim": self.dim,
+            "index": self.index,
+            "bytes_per_vector": self.bytes_per_vector,
+            "seconds": self.seconds,
+            "embedded_per_s": self.embedded_per_s,
+        }
 
 
 @dataclass
@@ -140,13 +155,17 @@ def gallery_items(spec: str, split: str = "all", settings: SplitSettings | None 
     """The images of a data spec to index: all of them, or one split made with the model's ``settings``."""
     if split not in GALLERY_SPLITS:
         raise ConfigError(f"--split {split!r} is not one of {', '.join(GALLERY_SPLITS)}")
-    source = load_source(spec, min_classes=0) if split == "all" else load_source(spec)  # nothing is trained on a gallery
+    source = (
+        load_source(spec, min_classes=0) if split == "all" else load_source(spec)
+    )  # nothing is trained on a gallery
     keys = {id(sample): _sample_key(source, position, sample) for position, sample in enumerate(source.samples)}
     if split == "all":
         chosen = source.samples
     else:
         scan = scan_samples(source.samples)
-        chosen = getattr(class_disjoint_split(scan.usable, settings.train_classes, settings.val_fraction, settings.seed), split)
+        chosen = getattr(
+            class_disjoint_split(scan.usable, settings.train_classes, settings.val_fraction, settings.seed), split
+        )
     if not chosen:
         raise DataError(f"--gallery {spec}: the {split} split holds no image", hint="choose another --split")
     return [GalleryItem(keys[id(sample)], sample) for sample in chosen]
@@ -268,7 +287,9 @@ def on_device(index, device: str):
 def to_cpu(index):
     import faiss
 
-    return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__ else index
+    return (
+        faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__ else index
+    )
 
 
 # ---------------------------------------------------------------------------------------------- index dir
@@ -311,8 +332,10 @@ class GalleryIndex:
             index = faiss.read_index(str(root / files["index"]))
             manifest = Manifest.read(root / files["manifest"])
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
-            raise DataError(f"{root}: the index files are missing or damaged ({str(exc).splitlines()[0]})",
-                            hint="rebuild it with edgedml index --overwrite") from None
+            raise DataError(
+                f"{root}: the index files are missing or damaged ({str(exc).splitlines()[0]})",
+                hint="rebuild it with edgedml index --overwrite",
+            ) from None
         if not index.ntotal == len(manifest) == meta["count"] or index.d != meta["dim"]:
             raise DataError(
                 f"{root}: index ({index.ntotal} x {index.d}), manifest ({len(manifest)} rows) and index.json "
@@ -333,7 +356,10 @@ class GalleryIndex:
 def read_meta(root: Path) -> dict[str, Any]:
     path = root / META_FILE
     if not path.is_file():
-        raise DataError(f"{root}: no {META_FILE}, so not an index directory", hint="build one with edgedml index MODEL --gallery SPEC --out DIR")
+        raise DataError(
+            f"{root}: no {META_FILE}, so not an index directory",
+            hint="build one with edgedml index MODEL --gallery SPEC --out DIR",
+        )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -362,8 +388,14 @@ def check_same_model(meta: dict[str, Any], info: ModelInfo, digest: str, source:
             f"dim {info.dim} vs {model['info'].get('dim')}, config {info.config_hash or '?'} vs {model['info'].get('config_hash') or '?'})",
             hint=f"use the index's model {model['path']}, or build a new index with this one",
         )
-    log.warning("%s differs from the index's model file (sha256 %s vs %s) but comes from the same run (config %s, %d-d)",
-                source, digest[:12], model["sha256"][:12], info.config_hash, info.dim)
+    log.warning(
+        "%s differs from the index's model file (sha256 %s vs %s) but comes from the same run (config %s, %d-d)",
+        source,
+        digest[:12],
+        model["sha256"][:12],
+        info.config_hash,
+        info.dim,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -412,10 +444,16 @@ def build_index(
     rows = [item for item in items if item.key in partial.embeddings]
     if extending is None and not rows:
         raise DataError(
-            f"--gallery {gallery}: none of its {len(items)} image(s) could be read" if items else f"--gallery {gallery}: no image to index",
+            f"--gallery {gallery}: none of its {len(items)} image(s) could be read"
+            if items
+            else f"--gallery {gallery}: no image to index",
             hint="check the files listed in the warning" if items else "add images to the gallery",
         )
-    vectors = np.stack([partial.embeddings[item.key] for item in rows]) if rows else np.zeros((0, embedder.info.dim), np.float32)
+    vectors = (
+        np.stack([partial.embeddings[item.key] for item in rows])
+        if rows
+        else np.zeros((0, embedder.info.dim), np.float32)
+    )
     if extending is not None:
         index, manifest, params, generation = _extend(extending, vectors, nprobe)
     else:
@@ -423,15 +461,33 @@ def build_index(
     manifest.paths.extend(item.key for item in rows)
     manifest.labels.extend(item.sample.label for item in rows)
     if extending is None or rows or nprobe is not None:
-        size = _commit(out, generation, index, manifest, params, embedder, model, digest, gallery, split, len(rows),
-                       extending.meta if extending is not None else None)
+        size = _commit(
+            out,
+            generation,
+            index,
+            manifest,
+            params,
+            embedder,
+            model,
+            digest,
+            gallery,
+            split,
+            len(rows),
+            extending.meta if extending is not None else None,
+        )
     else:  # nothing new to append: the index stays as it is
         size = (out / extending.meta["files"]["index"]).stat().st_size
     partial.remove()
     return IndexSummary(
-        path=out, count=len(manifest), added=len(rows), resumed=embedded.resumed,
-        skipped=[item.key for item in items if item.key in partial.skipped], dim=embedder.info.dim,
-        index=params.to_dict(), bytes_per_vector=size / max(1, len(manifest)), seconds=time.perf_counter() - started,
+        path=out,
+        count=len(manifest),
+        added=len(rows),
+        resumed=embedded.resumed,
+        skipped=[item.key for item in items if item.key in partial.skipped],
+        dim=embedder.info.dim,
+        index=params.to_dict(),
+        bytes_per_vector=size / max(1, len(manifest)),
+        seconds=time.perf_counter() - started,
         embedded_per_s=embedded.rate,
     )
 
@@ -455,15 +511,19 @@ def _open_target(out: Path, mode: IndexMode) -> GalleryIndex | None:
     return None
 
 
-def _check_options(extending: GalleryIndex | None, index_type: str | None, nlist: int | None, nprobe: int | None,
-                   pq_m: int | None) -> IndexParams:
+def _check_options(
+    extending: GalleryIndex | None, index_type: str | None, nlist: int | None, nprobe: int | None, pq_m: int | None
+) -> IndexParams:
     """The index parameters asked for; option errors before any work."""
     requested = IndexParams(index_type or "flat", nlist, nprobe, pq_m)
     if extending is None:
         resolve_params(requested, count=None, dim=None)
         return requested
     if index_type is not None and index_type != extending.params.type:
-        raise ConfigError(f"--index-type {index_type}: {extending.root} is a {extending.params.type} index", hint="append keeps the index type")
+        raise ConfigError(
+            f"--index-type {index_type}: {extending.root} is a {extending.params.type} index",
+            hint="append keeps the index type",
+        )
     if nlist is not None or pq_m is not None:
         raise ConfigError("--nlist and --pq-m are fixed when the index is built; --append keeps them")
     return requested
@@ -475,8 +535,14 @@ class _Embedded:
     rate: float  # images embedded per second by this call (0 if none)
 
 
-def _embed_with_resume(partial: _Partial, embedder: Embedder, items: list[GalleryItem], batch_size: int, chunk_size: int,
-                       progress: Progress) -> _Embedded:
+def _embed_with_resume(
+    partial: _Partial,
+    embedder: Embedder,
+    items: list[GalleryItem],
+    batch_size: int,
+    chunk_size: int,
+    progress: Progress,
+) -> _Embedded:
     """Embed the items ``partial`` does not hold yet, chunk by chunk (each chunk saved as it is done)."""
     resumed = len(partial.embeddings) + len(partial.skipped)
     todo = [item for item in items if item.key not in partial.embeddings and item.key not in partial.skipped]
@@ -493,12 +559,16 @@ def _extend(existing: GalleryIndex, vectors: np.ndarray, nprobe: int | None) -> 
     """The existing index with ``vectors`` added (and a new default nprobe if given): the next generation."""
     params = existing.params
     if nprobe is not None:
-        params = resolve_params(IndexParams(params.type, params.nlist, nprobe, params.pq_m), existing.count, existing.dim)
+        params = resolve_params(
+            IndexParams(params.type, params.nlist, nprobe, params.pq_m), existing.count, existing.dim
+        )
     existing.index.add(vectors)
     return existing.index, existing.manifest, params, existing.meta["generation"] + 1
 
 
-def _create(requested: IndexParams, vectors: np.ndarray, device: str, replaced: GalleryIndex | None) -> tuple[Any, Manifest, IndexParams, int]:
+def _create(
+    requested: IndexParams, vectors: np.ndarray, device: str, replaced: GalleryIndex | None
+) -> tuple[Any, Manifest, IndexParams, int]:
     """A new index trained on and holding ``vectors``; the generation after the one it replaces."""
     params = resolve_params(requested, len(vectors), vectors.shape[1])
     generation = replaced.meta["generation"] + 1 if replaced is not None else 1
@@ -519,8 +589,20 @@ def train_index(params: IndexParams, vectors: np.ndarray, device: str = "cpu"):
     return index
 
 
-def _commit(out: Path, generation: int, index, manifest: Manifest, params: IndexParams, embedder: Embedder, model: str | Path, digest: str,
-            gallery: str, split: str, added: int, previous: dict[str, Any] | None) -> int:
+def _commit(
+    out: Path,
+    generation: int,
+    index,
+    manifest: Manifest,
+    params: IndexParams,
+    embedder: Embedder,
+    model: str | Path,
+    digest: str,
+    gallery: str,
+    split: str,
+    added: int,
+    previous: dict[str, Any] | None,
+) -> int:
     """Write the new generation's files, then index.json (the commit point), then remove what is stale."""
     import faiss
 
@@ -535,8 +617,12 @@ def _commit(out: Path, generation: int, index, manifest: Manifest, params: Index
         "edgedml_version": __version__,
         "generation": generation,
         "files": files,
-        "model": {"path": str(Path(model).resolve()), "sha256": digest, "runtime": embedder.runtime,
-                  "info": embedder.info.to_dict()},
+        "model": {
+            "path": str(Path(model).resolve()),
+            "sha256": digest,
+            "runtime": embedder.runtime,
+            "info": embedder.info.to_dict(),
+        },
         "index": params.to_dict(),
         "dim": int(index.d),
         "count": len(manifest),
@@ -544,7 +630,11 @@ def _commit(out: Path, generation: int, index, manifest: Manifest, params: Index
     }
     write_json(out / META_FILE, meta)
     for stale in out.iterdir():
-        if stale.is_file() and stale.name.startswith(("index.", "manifest.")) and stale.name not in (META_FILE, *files.values()):
+        if (
+            stale.is_file()
+            and stale.name.startswith(("index.", "manifest."))
+            and stale.name not in (META_FILE, *files.values())
+        ):
             stale.unlink()
     return (out / files["index"]).stat().st_size
 
@@ -571,7 +661,9 @@ class _Partial:
                 self.embeddings.update(zip(data["keys"].tolist(), data["embeddings"], strict=True))
                 self.skipped.update(data["skipped"].tolist())
         if self.embeddings or self.skipped:
-            log.info("resuming: %d image(s) already embedded in %s", len(self.embeddings) + len(self.skipped), self.root)
+            log.info(
+                "resuming: %d image(s) already embedded in %s", len(self.embeddings) + len(self.skipped), self.root
+            )
 
     def embed_chunk(self, embedder: Embedder, items: list[GalleryItem], batch_size: int, progress: Progress) -> None:
         embeddings, kept = embed_samples(embedder, [item.sample for item in items], batch_size, progress)
@@ -585,7 +677,9 @@ class _Partial:
 
         def writer(tmp: Path) -> None:
             with tmp.open("wb") as handle:
-                np.savez(handle, keys=np.array(keys, dtype=str), embeddings=embeddings, skipped=np.array(skipped, dtype=str))
+                np.savez(
+                    handle, keys=np.array(keys, dtype=str), embeddings=embeddings, skipped=np.array(skipped, dtype=str)
+                )
 
         write_with(name, writer)
         self.embeddings.update(zip(keys, embeddings, strict=True))

@@ -50,7 +50,9 @@ class Searcher:
         self.index, self.embedder = index, embedder
 
     @classmethod
-    def open(cls, index_dir: str | Path, model: str | Path | None = None, runtime: str | None = None, device: str = "cpu") -> Searcher:
+    def open(
+        cls, index_dir: str | Path, model: str | Path | None = None, runtime: str | None = None, device: str = "cpu"
+    ) -> Searcher:
         index = GalleryIndex.open(index_dir, device)
         model_path = Path(model) if model is not None else Path(index.meta["model"]["path"])
         if model is None and not model_path.exists():
@@ -62,7 +64,9 @@ class Searcher:
         check_same_model(index.meta, embedder.info, file_digest(model_path), str(model_path), strict=False)
         return cls(index, embedder)
 
-    def search(self, queries: Sequence[ImageRef | Path], top_k: int = 10, nprobe: int | None = None, batch_size: int = 64) -> list[QueryResult]:
+    def search(
+        self, queries: Sequence[ImageRef | Path], top_k: int = 10, nprobe: int | None = None, batch_size: int = 64
+    ) -> list[QueryResult]:
         """The ``top_k`` gallery rows nearest each query image (a file path or a uint8 array)."""
         names = [_check_query(query, position) for position, query in enumerate(queries)]
         samples = [Sample(image=str(q) if isinstance(q, Path) else q, label="") for q in queries]
@@ -72,7 +76,9 @@ class Searcher:
             raise DataError(f"query image {bad}: unreadable", hint="pass an image file Pillow can open")
         return self.search_embeddings(embeddings, names, top_k, nprobe)
 
-    def search_embeddings(self, embeddings: np.ndarray, names: Sequence[str], top_k: int = 10, nprobe: int | None = None) -> list[QueryResult]:
+    def search_embeddings(
+        self, embeddings: np.ndarray, names: Sequence[str], top_k: int = 10, nprobe: int | None = None
+    ) -> list[QueryResult]:
         if top_k < 1:
             raise ConfigError(f"--top-k {top_k} must be at least 1")
         scores, ids = self.index.search(embeddings, top_k, nprobe)
@@ -81,7 +87,9 @@ class Searcher:
         for name, row_scores, row_ids in zip(names, scores, ids, strict=True):
             hits = [
                 Hit(rank, int(row), manifest.paths[row], manifest.labels[row], float(score))
-                for rank, (row, score) in enumerate(((r, s) for r, s in zip(row_ids, row_scores, strict=True) if r >= 0), 1)
+                for rank, (row, score) in enumerate(
+                    ((r, s) for r, s in zip(row_ids, row_scores, strict=True) if r >= 0), 1
+                )
             ]
             results.append(QueryResult(name, hits))
         return results

@@ -13,7 +13,13 @@ import numpy as np
 
 
 def clustered_gallery(
-    count: int, dim: int, queries: int = 1000, clusters: int = 1000, spread: float = 0.6, decay: float = 1.0, seed: int = 0
+    count: int,
+    dim: int,
+    queries: int = 1000,
+    clusters: int = 1000,
+    spread: float = 0.6,
+    decay: float = 1.0,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(count, dim) gallery and (queries, dim) held-out queries from the same clusters, float32, unit norm."""
     rng = np.random.default_rng(seed)
@@ -33,4 +39,6 @@ def clustered_gallery(
 
 def recall_against_exact(found: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of each query's exact top-k ids that ``found`` (Q, k) holds (k-recall@k)."""
-    return float(np.mean([len(set(f.tolist()) & set(e.tolist())) / exact.shape[1] for f, e in zip(found, exact, strict=True)]))
+    return float(
+        np.mean([len(set(f.tolist()) & set(e.tolist())) / exact.shape[1] for f, e in zip(found, exact, strict=True)])
+    )

@@ -45,7 +45,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             raw = handle.metadata() or {}
         metadata = {key: json.loads(value) for key, value in raw.items()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})", hint="restore it from a copy or retrain") from None
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint ({exc})", hint="restore it from a copy or retrain"
+        ) from None
     return tensors, metadata
 
 

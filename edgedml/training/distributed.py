@@ -75,7 +75,9 @@ def check_identical_across_ranks(state: dict[str, torch.Tensor], what: str) -> N
     """Raise if any tensor of ``state`` differs between ranks (compared by a float64 checksum of its bytes)."""
     if not state:
         return
-    checksums = torch.stack([t.detach().double().flatten().sum() + t.detach().double().flatten().abs().sum() for t in state.values()])
+    checksums = torch.stack(
+        [t.detach().double().flatten().sum() + t.detach().double().flatten().abs().sum() for t in state.values()]
+    )
     gathered = [torch.zeros_like(checksums) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, checksums)
     if any(not torch.equal(g, gathered[0]) for g in gathered):

@@ -21,7 +21,12 @@ SPLIT_NAMES = ("test", "val", "train")
 
 @torch.no_grad()
 def embed_samples(
-    model: EmbeddingModel, samples: list[Sample], input_size: int, device: torch.device, batch_size: int = 256, workers: int = 0
+    model: EmbeddingModel,
+    samples: list[Sample],
+    input_size: int,
+    device: torch.device,
+    batch_size: int = 256,
+    workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (N, dim) normalized embeddings and (N,) integer labels (classes in sorted order) of the readable images."""
     was_training = model.training
@@ -29,7 +34,11 @@ def embed_samples(
     try:
         embeddings, kept = embed_images(
             lambda images: model(images.to(device)).float().cpu().numpy(),
-            samples, eval_transform(input_size), model.dim, batch_size, workers,
+            samples,
+            eval_transform(input_size),
+            model.dim,
+            batch_size,
+            workers,
         )
     finally:
         model.train(was_training)
@@ -47,7 +56,9 @@ def evaluate_split(
     return {"recall_at_1": recall[1], "map_at_r": map_at_r}
 
 
-def load_run_model(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> tuple[EmbeddingModel, TrainConfig]:
+def load_run_model(
+    run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
+) -> tuple[EmbeddingModel, TrainConfig]:
     """Rebuild a run's model from its config.yaml and load ``best`` or ``last`` weights (safetensors)."""
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint {checkpoint!r} is not one of best, last")

@@ -1,11 +1,11 @@
 """A run directory and what it holds.
 
-    RUN_DIR/config.yaml       the fully resolved configuration
-    RUN_DIR/metrics.jsonl     one JSON object per evaluation (per epoch, on the validation split)
-    RUN_DIR/best.safetensors  weights selected on validation Recall@1
-    RUN_DIR/last.safetensors  weights + optimizer, epoch, step, RNG: what --resume needs
-    RUN_DIR/summary.json      test-class retrieval metrics of the best weights, timing
-    RUN_DIR/train.log         the run's log (skipped images, warnings)
+RUN_DIR/config.yaml       the fully resolved configuration
+RUN_DIR/metrics.jsonl     one JSON object per evaluation (per epoch, on the validation split)
+RUN_DIR/best.safetensors  weights selected on validation Recall@1
+RUN_DIR/last.safetensors  weights + optimizer, epoch, step, RNG: what --resume needs
+RUN_DIR/summary.json      test-class retrieval metrics of the best weights, timing
+RUN_DIR/train.log         the run's log (skipped images, warnings)
 """
 
 from __future__ import annotations

@@ -117,11 +117,15 @@ class Trainer:
         self._cap_cuda()
         self.class_to_index = {name: i for i, name in enumerate(self.splits.train_classes)}
         self.dataset = ImageDataset(
-            self.splits.train, self.class_to_index, train_transform(self.config.input_size, self.config.crop_scale, self.config.hflip)
+            self.splits.train,
+            self.class_to_index,
+            train_transform(self.config.input_size, self.config.crop_scale, self.config.hflip),
         )
         self.sampler = self._sampler()
         torch.manual_seed(self.config.seed)
-        self.model: EmbeddingModel = build_model(self.config.backbone, self.config.dim, self.config.weights).to(self.device)
+        self.model: EmbeddingModel = build_model(self.config.backbone, self.config.dim, self.config.weights).to(
+            self.device
+        )
         self.network = build_network(self.config, self.model).to(self.device)
         self.forward_train: nn.Module = self._parallel(self.network)
         self.loss_fn = self._build_objective().to(self.device)
@@ -147,7 +151,9 @@ class Trainer:
             log.info("CUDA allocations capped at %s", format_bytes(self.plan.budget.available - self.plan.budget.fixed))
 
     def _sampler(self) -> PKSampler:
-        sampler = PKSampler(self.dataset.labels, self.config.classes_per_batch, self.config.samples_per_class, self.config.seed)
+        sampler = PKSampler(
+            self.dataset.labels, self.config.classes_per_batch, self.config.samples_per_class, self.config.seed
+        )
         if len(sampler) < self.dist.world_size:
             raise ConfigError(
                 f"an epoch has {len(sampler)} batches, fewer than the {self.dist.world_size} ranks",
@@ -170,9 +176,16 @@ class Trainer:
             if config.memory_warmup >= total_steps:
                 log.warning(
                     "--memory-warmup %d >= the run's %d iterations: the memory will never be used (lower --memory-warmup)",
-                    config.memory_warmup, total_steps,
+                    config.memory_warmup,
+                    total_steps,
                 )
-            log.info("cross-batch memory: %s, %d slots x %d dims (%s)", config.memory, memory_size, config.dim, config.memory_storage)
+            log.info(
+                "cross-batch memory: %s, %d slots x %d dims (%s)",
+                config.memory,
+                memory_size,
+                config.dim,
+                config.memory_storage,
+            )
         teacher = None
         if config.teacher is not None:
             teacher_model, teacher_config = load_run_model(config.teacher, device=str(self.device.type))
@@ -252,7 +265,10 @@ class Trainer:
                 for b, batch in enumerate(batches)
             ]
             loader = DataLoader(
-                self.dataset, batch_sampler=keys[progress.step :], collate_fn=collate_skip_bad, num_workers=config.workers
+                self.dataset,
+                batch_sampler=keys[progress.step :],
+                collate_fn=collate_skip_bad,
+                num_workers=config.workers,
             )
             with self._stop_on_ctrl_c():
                 for batch in loader:
@@ -300,7 +316,10 @@ class Trainer:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr(progress.global_step)
-            with self._out_of_memory_is_an_error(), torch.autocast(self.device.type, dtype=torch.float16, enabled=config.amp):
+            with (
+                self._out_of_memory_is_an_error(),
+                torch.autocast(self.device.type, dtype=torch.float16, enabled=config.amp),
+            ):
                 embeddings, features, aux = self.forward_train(images)
             with self._out_of_memory_is_an_error():
                 loss = self.loss_fn(StepOutputs(embeddings, features, aux, images), labels)
@@ -369,7 +388,9 @@ class Trainer:
             self.display.note(epoch_line(record))
 
     def _test_metrics(self, full: bool):
-        return evaluate_split(self.model, self.splits.test, self.config.input_size, self.device, full=full, seed=self.config.seed)
+        return evaluate_split(
+            self.model, self.splits.test, self.config.input_size, self.device, full=full, seed=self.config.seed
+        )
 
     def _validate(self) -> dict[str, float]:
         return evaluate_split(self.model, self.splits.val, self.config.input_size, self.device, full=False)
@@ -474,7 +495,9 @@ def resolve_config(config: TrainConfig, prepared: PreparedData) -> tuple[TrainCo
     )
     if not resolved.needs_plan:
         return resolved, None
-    plan, device_memory = plan_for_config(resolved, resolved.input_size, len(prepared.splits.train), len(prepared.splits.train_classes))
+    plan, device_memory = plan_for_config(
+        resolved, resolved.input_size, len(prepared.splits.train), len(prepared.splits.train_classes)
+    )
     if device_memory.integrated:
         check_allocator_settings(device_memory)
     resolved = dataclasses.replace(
@@ -487,7 +510,11 @@ def resolve_config(config: TrainConfig, prepared: PreparedData) -> tuple[TrainCo
 
 def epoch_line(record: dict[str, Any]) -> str:
     """One line for the display at the end of an epoch."""
-    val = f"  val R@1 {record['val_recall_at_1']:.4f}  MAP@R {record['val_map_at_r']:.4f}" if "val_recall_at_1" in record else ""
+    val = (
+        f"  val R@1 {record['val_recall_at_1']:.4f}  MAP@R {record['val_map_at_r']:.4f}"
+        if "val_recall_at_1" in record
+        else ""
+    )
     return f"epoch {record['epoch']}: loss {record['loss']:.4f}{val}"
 
 
