@@ -1,4 +1,5 @@
-"""Exported models against PyTorch eager on CPU: latency of onnxruntime fp32 / fp16 / int8, and what int8 costs in Recall@1.
+"""Exported models against PyTorch eager on CPU: latency of onnxruntime fp32 / fp16 / int8, and what int8 costs in
+Recall@1.
 
 The claims under test (the export issue):
 
@@ -59,15 +60,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_tools import log_progress, markdown_table
+from benchmark_tools import benchmark_parser, log_progress, markdown_table
 from edgedml.cli.quickstart import QUICKSTART
 
 from edgedml.config import TrainConfig
-from edgedml.models import build_model
 from edgedml.export.bench import BatchTiming, bench_inputs, environment, time_calls, torch_threads, warm_up
 from edgedml.export.onnx import export_onnx
 from edgedml.export.runtime import Embedder, OnnxRuntimeEmbedder, TorchEmbedder
 from edgedml.io import write_json, write_text
+from edgedml.models import build_model
 from edgedml.training import Trainer
 from edgedml.training.checkpoint import MODEL, save_checkpoint, with_prefix
 from edgedml.training.run import RunDir, config_hash
@@ -86,7 +87,11 @@ class BackboneSpec:
     epochs: int  # 0: an untrained run, for latency only
 
 
-FULL = {"tiny": BackboneSpec(32, QUICKSTART["epochs"]), "mobilenetv2": BackboneSpec(128, 0), "resnet18": BackboneSpec(128, 0)}
+FULL = {
+    "tiny": BackboneSpec(32, QUICKSTART["epochs"]),
+    "mobilenetv2": BackboneSpec(128, 0),
+    "resnet18": BackboneSpec(128, 0),
+}
 QUICK = {"tiny": BackboneSpec(32, 2), "mobilenetv2": BackboneSpec(64, 0), "resnet18": BackboneSpec(64, 0)}
 
 
@@ -113,8 +118,14 @@ class BackboneResult:
 
 # ---- train and export ---------------------------------------------------------------------
 def run_config(backbone: str, spec: BackboneSpec, seed: int) -> TrainConfig:
-    overrides = {**QUICKSTART, "backbone": backbone, "input_size": spec.input_size, "epochs": max(spec.epochs, 1),
-                 "device": "cpu", "seed": seed}
+    overrides = {
+        **QUICKSTART,
+        "backbone": backbone,
+        "input_size": spec.input_size,
+        "epochs": max(spec.epochs, 1),
+        "device": "cpu",
+        "seed": seed,
+    }
     return TrainConfig.from_sources(overrides=overrides)
 
 
@@ -132,8 +143,11 @@ def untrained_run(backbone: str, spec: BackboneSpec, seed: int, workdir: Path) -
     model = build_model(config.backbone, config.dim)
     run = RunDir(workdir / backbone)
     write_text(run.config, config.to_yaml())
-    save_checkpoint(run.best, with_prefix(MODEL, model.state_dict()),
-                    {"config": config.to_dict(), "config_hash": config_hash(config), "epoch": 0})
+    save_checkpoint(
+        run.best,
+        with_prefix(MODEL, model.state_dict()),
+        {"config": config.to_dict(), "config_hash": config_hash(config), "epoch": 0},
+    )
     return run.root, sum(p.numel() for p in model.parameters())
 
 
@@ -165,7 +179,9 @@ def calls_per_round(embedder: Embedder, images, seconds: float, rounds: int) -> 
     return max(math.ceil(MIN_CALLS / rounds), round(seconds / rounds / max(probe, 1e-6)))
 
 
-def time_round_robin(embedders: dict[str, Embedder], batch: int, warmup: int, seconds: float, rounds: int) -> dict[str, BatchTiming]:
+def time_round_robin(
+    embedders: dict[str, Embedder], batch: int, warmup: int, seconds: float, rounds: int
+) -> dict[str, BatchTiming]:
     """Warm every runtime up, then time them in turn, ``rounds`` times, on the same inputs."""
     images = bench_inputs(next(iter(embedders.values())), batch)
     for embedder in embedders.values():
@@ -184,8 +200,10 @@ def run_backbone(backbone: str, spec: BackboneSpec, args: argparse.Namespace, wo
     if trained:
         run, summary, train_s = train(backbone, spec, args.seed, workdir)
         parameters, eager_recall = summary["parameters"], summary["recall_at_1"]
-        log_progress(f"{backbone}: trained {spec.epochs} epoch(s) at {spec.input_size} px in {train_s:.0f} s, "
-                     f"test Recall@1 {eager_recall:.4f}")
+        log_progress(
+            f"{backbone}: trained {spec.epochs} epoch(s) at {spec.input_size} px in {train_s:.0f} s, "
+            f"test Recall@1 {eager_recall:.4f}"
+        )
     else:
         (run, parameters), train_s, eager_recall = untrained_run(backbone, spec, args.seed, workdir), 0.0, None
     exported, exported_files, export_s = export(run, args.precisions, evaluate=trained)
@@ -193,11 +211,19 @@ def run_backbone(backbone: str, spec: BackboneSpec, args: argparse.Namespace, wo
     if exported.reference is not None:  # PyTorch on the same test images as the exported files
         eager_recall = exported.reference["recall_at_1"]
     recalls = {EAGER: eager_recall, **{p: exported_files[p].recall_at_1 for p in args.precisions}}
-    log_progress(f"{backbone}: exported {', '.join(args.precisions)} in {export_s:.0f} s; Recall@1 "
-                 + ", ".join(f"{p} {fmt_recall(recalls[p])}" for p in args.precisions))
+    log_progress(
+        f"{backbone}: exported {', '.join(args.precisions)} in {export_s:.0f} s; Recall@1 "
+        + ", ".join(f"{p} {fmt_recall(recalls[p])}" for p in args.precisions)
+    )
     result = BackboneResult(
-        backbone=backbone, input_size=spec.input_size, epochs=spec.epochs, train_seconds=train_s, export_seconds=export_s,
-        parameters=parameters, recall_at_1=recalls, file_sizes={p: exported_files[p].size_bytes for p in args.precisions},
+        backbone=backbone,
+        input_size=spec.input_size,
+        epochs=spec.epochs,
+        train_seconds=train_s,
+        export_seconds=export_s,
+        parameters=parameters,
+        recall_at_1=recalls,
+        file_sizes={p: exported_files[p].size_bytes for p in args.precisions},
     )
     embedders = open_runtimes(run, files, args.threads)
     with torch_threads(args.threads):
@@ -205,7 +231,9 @@ def run_backbone(backbone: str, spec: BackboneSpec, args: argparse.Namespace, wo
             timings = time_round_robin(embedders, batch, args.warmup, args.seconds, args.rounds)
             for label, timing in timings.items():
                 result.timings.setdefault(label, []).append(timing)
-            log_progress(f"{backbone}: batch {batch}: " + ", ".join(f"{label} {t.p50_ms:.2f} ms" for label, t in timings.items()))
+            log_progress(
+                f"{backbone}: batch {batch}: " + ", ".join(f"{label} {t.p50_ms:.2f} ms" for label, t in timings.items())
+            )
     return result
 
 
@@ -222,19 +250,42 @@ def latency_table(results: list[BackboneResult], batches: list[int]) -> str:
             eager = result.p50(EAGER, batch)
             for label, timings in result.timings.items():
                 t = next(t for t in timings if t.batch == batch)
-                rows.append([f"{result.backbone} ({result.input_size} px)", label, str(batch), f"{t.p50_ms:.2f}",
-                             f"{t.p90_ms:.2f}", f"{t.p99_ms:.2f}", f"{t.images_per_s:.0f}", f"{t.p50_ms / eager:.2f}×"])
+                rows.append(
+                    [
+                        f"{result.backbone} ({result.input_size} px)",
+                        label,
+                        str(batch),
+                        f"{t.p50_ms:.2f}",
+                        f"{t.p90_ms:.2f}",
+                        f"{t.p99_ms:.2f}",
+                        f"{t.images_per_s:.0f}",
+                        f"{t.p50_ms / eager:.2f}×",
+                    ]
+                )
     return markdown_table(header, rows)
 
 
 def recall_table(results: list[BackboneResult], precisions: list[str]) -> str:
-    header = ["backbone", "epochs", "torch R@1", *(f"{p} R@1" for p in precisions), "int8 − fp32 (points)",
-              *(f"{p} MiB" for p in precisions)]
+    header = [
+        "backbone",
+        "epochs",
+        "torch R@1",
+        *(f"{p} R@1" for p in precisions),
+        "int8 − fp32 (points)",
+        *(f"{p} MiB" for p in precisions),
+    ]
     rows = []
     for r in results:
-        rows.append([r.backbone, str(r.epochs) if r.epochs else "untrained", fmt_recall(r.recall_at_1[EAGER]), *(fmt_recall(r.recall_at_1[p]) for p in precisions),
-                     f"{int8_gap(r):+.2f}" if int8_gap(r) is not None else "n/a",
-                     *(f"{r.file_sizes[p] / 2**20:.2f}" for p in precisions)])
+        rows.append(
+            [
+                r.backbone,
+                str(r.epochs) if r.epochs else "untrained",
+                fmt_recall(r.recall_at_1[EAGER]),
+                *(fmt_recall(r.recall_at_1[p]) for p in precisions),
+                f"{int8_gap(r):+.2f}" if int8_gap(r) is not None else "n/a",
+                *(f"{r.file_sizes[p] / 2**20:.2f}" for p in precisions),
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -249,14 +300,19 @@ def verdicts(results: list[BackboneResult], batches: list[int]) -> list[str]:
         if 1 in batches and "onnxruntime fp32" in r.timings:
             ort, eager = r.p50("onnxruntime fp32", 1), r.p50(EAGER, 1)
             ratio = ort / eager
-            lines.append(f"{'MET' if ratio <= SPEEDUP_TARGET else 'MISSED'}: {r.backbone} ({r.input_size} px) onnxruntime fp32 "
-                         f"at batch 1 is {ratio:.2f}× PyTorch eager (p50 {ort:.2f} ms vs {eager:.2f} ms; target <= {SPEEDUP_TARGET}×)")
+            lines.append(
+                f"{'MET' if ratio <= SPEEDUP_TARGET else 'MISSED'}: {r.backbone} ({r.input_size} px) onnxruntime fp32 "
+                f"at batch 1 is {ratio:.2f}× PyTorch eager (p50 {ort:.2f} ms vs {eager:.2f} ms; "
+                f"target <= {SPEEDUP_TARGET}×)"
+            )
         for precision in ("int8", "int8-cpu"):
             gap = int8_gap(r, precision)
             if gap is not None:
-                lines.append(f"{'MET' if abs(gap) <= RECALL_TARGET else 'MISSED'}: {r.backbone} {precision} Recall@1 "
-                             f"{r.recall_at_1[precision]:.4f} vs fp32 {r.recall_at_1['fp32']:.4f} on digits 5-9 "
-                             f"({gap:+.2f} points; target within {RECALL_TARGET:.0f})")
+                lines.append(
+                    f"{'MET' if abs(gap) <= RECALL_TARGET else 'MISSED'}: {r.backbone} {precision} Recall@1 "
+                    f"{r.recall_at_1[precision]:.4f} vs fp32 {r.recall_at_1['fp32']:.4f} on digits 5-9 "
+                    f"({gap:+.2f} points; target within {RECALL_TARGET:.0f})"
+                )
     return lines
 
 
@@ -276,26 +332,41 @@ def report(results: list[BackboneResult], args: argparse.Namespace, total_s: flo
         *verdicts(results, args.batches),
         "",
         f"Total wall time {total_s:.0f} s ({total_s / 60:.1f} min); torch {torch.__version__}, "
-        f"onnxruntime {environment(args.threads)['onnxruntime']}, {os.cpu_count()} CPUs, 1-minute load average {load} before the run.",
+        f"onnxruntime {environment(args.threads)['onnxruntime']}, {os.cpu_count()} CPUs, "
+        f"1-minute load average {load} before the run.",
     ]
     return "\n".join(parts)
 
 
 # ---- command line -------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(
+        __doc__.split("\n\n")[0].replace("\n", " "),
+        threads="both runtimes",
+        json_out="the raw numbers",
+        quick="2 tiny epochs, 64 px, batches 1 8, short timing",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--backbones", nargs="+", choices=list(FULL), default=list(FULL))
-    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
-                        help="onnxruntime precisions (fp32 is always exported: the reference)")
-    parser.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default 1 8 32; --quick: 1 8)")
-    parser.add_argument("--threads", type=int, default=None, help="threads for both runtimes (default: PyTorch's default)")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        default=list(PRECISIONS),
+        help="onnxruntime precisions (fp32 is always exported: the reference)",
+    )
+    parser.add_argument(
+        "--batches", nargs="+", type=int, default=None, help="batch sizes (default 1 8 32; --quick: 1 8)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per runtime and batch size")
-    parser.add_argument("--seconds", type=float, default=None, help="timed seconds per runtime and batch size (default 2; --quick 0.3)")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="timed seconds per runtime and batch size (default 2; --quick 0.3)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="round-robin rounds (default 5; --quick 2)")
-    parser.add_argument("--input-size-large", type=int, default=None, help="px of mobilenetv2 and resnet18 (default 128; --quick 64)")
+    parser.add_argument(
+        "--input-size-large", type=int, default=None, help="px of mobilenetv2 and resnet18 (default 128; --quick 64)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke setting: 2 tiny epochs, 64 px, batches 1 8, short timing")
-    parser.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
     args = parser.parse_args(argv)
     if "fp32" not in args.precisions:
         args.precisions.insert(0, "fp32")
@@ -312,13 +383,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    described = ", ".join(f"{n} ({s.input_size} px, {f'{s.epochs} epochs' if s.epochs else 'untrained'})" for n, s in args.specs.items())
-    log_progress(f"backbones {described}; "
-                 f"precisions {' '.join(args.precisions)}; batches {' '.join(map(str, args.batches))}; {args.threads} threads")
+    described = ", ".join(
+        f"{n} ({s.input_size} px, {f'{s.epochs} epochs' if s.epochs else 'untrained'})" for n, s in args.specs.items()
+    )
+    log_progress(
+        f"backbones {described}; "
+        f"precisions {' '.join(args.precisions)}; batches {' '.join(map(str, args.batches))}; {args.threads} threads"
+    )
     load = environment(args.threads)["load_average_1min"]
     if load is not None and load > BUSY_LOAD:
-        log_progress(f"warning: the machine is busy (1-minute load average {load:.1f}): timings will be noisy, and PyTorch's "
-                     "OpenMP threads stall far more than onnxruntime's when other work holds a core")
+        log_progress(
+            f"warning: the machine is busy (1-minute load average {load:.1f}): timings will be noisy, and PyTorch's "
+            "OpenMP threads stall far more than onnxruntime's when other work holds a core"
+        )
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
@@ -326,9 +403,17 @@ def main(argv: list[str] | None = None) -> None:
             results.append(run_backbone(name, spec, args, Path(tmp)))
     total = time.perf_counter() - started
     if args.json:  # first: the raw numbers survive whatever happens to the report
-        write_json(args.json, {"settings": {k: v for k, v in vars(args).items() if k not in ("json", "specs")},
-                               "environment": environment(args.threads), "load_average_before": load, "total_seconds": total,
-                               "results": [r.to_dict() for r in results], "verdicts": verdicts(results, args.batches)})
+        write_json(
+            args.json,
+            {
+                "settings": {k: v for k, v in vars(args).items() if k not in ("json", "specs")},
+                "environment": environment(args.threads),
+                "load_average_before": load,
+                "total_seconds": total,
+                "results": [r.to_dict() for r in results],
+                "verdicts": verdicts(results, args.batches),
+            },
+        )
         log_progress(f"raw numbers written to {args.json}")
     print(report(results, args, total, load))
 

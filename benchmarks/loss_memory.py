@@ -17,11 +17,11 @@ Run: ``python benchmarks/loss_memory.py`` (about a minute on 2 CPU cores).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 
 import torch
+from benchmark_tools import benchmark_parser
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from edgedml.budget.trace import AllocationTimeline, storage_key
@@ -113,15 +113,19 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         naive_mark = " (fake)" if row["naive_triplet_method"] == "fake" else ""
         print(
-            f"| {row['S']} | {row['D']} | {row['triplets']:,} | {mib(row['shadow'])} | {mib(row['naive_triplet'])}{naive_mark} "
-            f"| {mib(row['pml_triplet'])} | {row['shadow'] / row['naive_triplet']:.4f} | {row['shadow'] / row['pml_triplet']:.3f} |"
+            f"| {row['S']} | {row['D']} | {row['triplets']:,} | {mib(row['shadow'])} "
+            f"| {mib(row['naive_triplet'])}{naive_mark} | {mib(row['pml_triplet'])} "
+            f"| {row['shadow'] / row['naive_triplet']:.4f} | {row['shadow'] / row['pml_triplet']:.3f} |"
         )
     if any("shadow_cuda" in row for row in rows):
         print("\nCUDA max_memory_allocated above the inputs (gradient included), MiB:")
         print("| S | D | Shadow | naive triplet | PML triplet |")
         print("|---:|---:|---:|---:|---:|")
         for row in rows:
-            print(f"| {row['S']} | {row['D']} | {mib(row['shadow_cuda'])} | {mib(row['naive_triplet_cuda'])} | {mib(row['pml_triplet_cuda'])} |")
+            print(
+                f"| {row['S']} | {row['D']} | {mib(row['shadow_cuda'])} | {mib(row['naive_triplet_cuda'])} "
+                f"| {mib(row['pml_triplet_cuda'])} |"
+            )
     else:
         print("\n(no CUDA device: CPU allocation timeline only)")
 
@@ -132,20 +136,23 @@ def check_targets(rows: list[dict]) -> None:
         by_size.setdefault(row["S"], set()).add(row["shadow"])
     growth = {size: max(v) - min(v) for size, v in by_size.items()}
     flat = all(g <= size * size * 4 for size, g in growth.items())
-    print(f"\ntarget 1, Shadow loss memory does not grow with D: {'MET' if flat else 'MISSED'} "
-          f"(largest spread over D at fixed S: {max(growth.values()) / 2**20:.3f} MiB)")
+    print(
+        f"\ntarget 1, Shadow loss memory does not grow with D: {'MET' if flat else 'MISSED'} "
+        f"(largest spread over D at fixed S: {max(growth.values()) / 2**20:.3f} MiB)"
+    )
     for row in rows:
         if row["S"] == 256 and row["D"] == 512:
             ratio = row["shadow"] / row["naive_triplet"]
-            print(f"target 2, Shadow <= 1/4 of naive triplet at S=256, D=512: {'MET' if ratio <= 0.25 else 'MISSED'} "
-                  f"(ratio {ratio:.4f})")
+            print(
+                f"target 2, Shadow <= 1/4 of naive triplet at S=256, D=512: {'MET' if ratio <= 0.25 else 'MISSED'} "
+                f"(ratio {ratio:.4f})"
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__.splitlines()[0], json_out="the raw rows (as well as the tables)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
-    parser.add_argument("--json", help="also write the raw rows to this file")
     args = parser.parse_args()
     rows = measure(args.sizes, args.dims)
     print_table(rows)

@@ -23,13 +23,13 @@ Run: ``python benchmarks/memory_overhead.py`` (a few minutes on 2 cores; nothing
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from benchmark_tools import benchmark_parser
 
 from edgedml.budget.trace import AllocationTimeline
 from edgedml.losses import ShadowLoss, create_loss
@@ -53,7 +53,9 @@ def make_loss(variant: str, memory_size: int):
         from pytorch_metric_learning.miners import BatchHardMiner
 
         miner = BatchHardMiner() if variant == "pml-cbm-hard" else None
-        return PMLCrossBatchMemory(TripletMarginLoss(margin=0.2), embedding_size=DIM, memory_size=memory_size, miner=miner)
+        return PMLCrossBatchMemory(
+            TripletMarginLoss(margin=0.2), embedding_size=DIM, memory_size=memory_size, miner=miner
+        )
     if variant == "ours-xbm-triplet":
         base = create_loss("triplet", 0.2, "all", True)
     else:
@@ -124,7 +126,7 @@ class Runner:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     parser.add_argument("--rounds", type=int, default=5, help="round-robin passes over all variants")
@@ -148,9 +150,14 @@ def main() -> None:
     base = runners[("none", 0)]
     base_step, base_loss = statistics.median(base.step_times), statistics.median(base.loss_times)
     base_peak = base.peak_bytes()
-    print(f"S={BATCH}, D={DIM}, {CLASSES} classes, tiny backbone at {INPUT}px, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds * args.steps} steps each, round-robin\n")
-    print("| variant | M | train step ms | step / no memory | loss step ms | loss step / no memory | peak MiB | peak / no memory |")
+    print(
+        f"S={BATCH}, D={DIM}, {CLASSES} classes, tiny backbone at {INPUT}px, {torch.get_num_threads()} threads, "
+        f"median of {args.rounds * args.steps} steps each, round-robin\n"
+    )
+    print(
+        "| variant | M | train step ms | step / no memory | loss step ms | loss step / no memory "
+        "| peak MiB | peak / no memory |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     step, loss = {}, {}
     for (variant, size), runner in runners.items():
@@ -165,7 +172,10 @@ def main() -> None:
     print()
     if ("ours-axbn", 8192) in step:
         overhead = step[("ours-axbn", 8192)] / base_step - 1
-        print(f"target: AXBN at M=8192 costs <= 15% more train-step time than no memory: {'MET' if overhead <= 0.15 else 'MISSED'} ({overhead:+.0%})")
+        print(
+            f"target: AXBN at M=8192 costs <= 15% more train-step time than no memory: "
+            f"{'MET' if overhead <= 0.15 else 'MISSED'} ({overhead:+.0%})"
+        )
     for size in sorted({s for _, s in step if s > 0}):
         for pml_variant, ours_variants in LIKE_FOR_LIKE.items():
             if (pml_variant, size) not in loss:
@@ -173,12 +183,19 @@ def main() -> None:
             ours = [v for v in ours_variants if (v, size) in loss]
             if not ours:
                 continue
-            verdict = all(loss[(v, size)] < loss[(pml_variant, size)] and step[(v, size)] < step[(pml_variant, size)] for v in ours)
-            detail = ", ".join(
-                f"{v}: loss step {loss[(pml_variant, size)] / loss[(v, size)]:.2f}x, train step {step[(pml_variant, size)] / step[(v, size)]:.2f}x"
+            verdict = all(
+                loss[(v, size)] < loss[(pml_variant, size)] and step[(v, size)] < step[(pml_variant, size)]
                 for v in ours
             )
-            print(f"target: our memory step faster than {pml_variant} at M={size}: {'MET' if verdict else 'MISSED'} ({detail} the speed)")
+            detail = ", ".join(
+                f"{v}: loss step {loss[(pml_variant, size)] / loss[(v, size)]:.2f}x, "
+                f"train step {step[(pml_variant, size)] / step[(v, size)]:.2f}x"
+                for v in ours
+            )
+            print(
+                f"target: our memory step faster than {pml_variant} at M={size}: "
+                f"{'MET' if verdict else 'MISSED'} ({detail} the speed)"
+            )
 
 
 if __name__ == "__main__":

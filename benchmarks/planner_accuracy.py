@@ -14,11 +14,12 @@ under 5 s. Run: ``python benchmarks/planner_accuracy.py`` (a few minutes on 2 co
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
+from benchmark_tools import benchmark_parser
 
+from edgedml.budget.measure import measure_step
 from edgedml.budget.planner import Budget, StepTracer, plan_training
 from edgedml.config import TrainConfig
 
@@ -36,21 +37,13 @@ def config(overrides: dict) -> TrainConfig:
 
 
 def measured(cfg: TrainConfig, input_size: int, batch: int, memory_size: int) -> tuple[int, str]:
-    if torch.cuda.is_available():
-        from edgedml.budget.measure import measure_cuda_peak
-
-        return measure_cuda_peak(cfg, input_size, batch, memory_size), "cuda max_memory_allocated"
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_budget_planner import real_step_peak  # the same steady-state step, traced on real CPU tensors
-
-    return real_step_peak(cfg, input_size, batch, memory_size), "cpu allocation timeline (proxy)"
+    """The same steady-state step, measured by the CUDA allocator, or traced on real CPU tensors without one."""
+    step = measure_step(cfg, input_size, batch, memory_size, "cuda" if torch.cuda.is_available() else "cpu")
+    return step.allocated, step.how
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args()
@@ -68,9 +61,14 @@ def main() -> None:
             actual, how = measured(cfg, input_size, batch, memory_size)
             error = predicted / actual - 1.0
             worst = max(worst, abs(error))
-            print(f"| {name} | {batch} | {predicted / MIB:.1f} | {actual / MIB:.1f} | {how} | {error:+.1%} |", flush=True)
-    print(f"\nlargest |error|: {worst:.1%} (target: within 10% of max_memory_allocated on CUDA"
-          + ("" if torch.cuda.is_available() else "; no CUDA device here, so the CUDA target was not measured") + ")")
+            print(
+                f"| {name} | {batch} | {predicted / MIB:.1f} | {actual / MIB:.1f} | {how} | {error:+.1%} |", flush=True
+            )
+    print(
+        f"\nlargest |error|: {worst:.1%} (target: within 10% of max_memory_allocated on CUDA"
+        + ("" if torch.cuda.is_available() else "; no CUDA device here, so the CUDA target was not measured")
+        + ")"
+    )
     print("\n| config | plan (auto batch, 2 GiB budget) | batch chosen | seconds |")
     print("|---|---|---:|---:|")
     slowest = 0.0
@@ -78,11 +76,15 @@ def main() -> None:
         overrides, input_size, memory_size = CONFIGS[name]
         cfg = config({**overrides, "batch_size": "auto"})
         started = time.perf_counter()
-        plan = plan_training(cfg, Budget(2 << 30, 300 * MIB, 0.1, "benchmark"), input_size, 60_000, True, False, train_classes=10_000)
+        plan = plan_training(
+            cfg, Budget(2 << 30, 300 * MIB, 0.1, "benchmark"), input_size, 60_000, True, False, train_classes=10_000
+        )
         seconds = time.perf_counter() - started
         slowest = max(slowest, seconds)
         print(f"| {name} | tracer built + search | {plan.batch_size} | {seconds:.2f} |", flush=True)
-    print(f"\ntarget: a whole plan in under 5 s on a CPU: {'MET' if slowest < 5 else 'MISSED'} (slowest {slowest:.2f} s)")
+    print(
+        f"\ntarget: a whole plan in under 5 s on a CPU: {'MET' if slowest < 5 else 'MISSED'} (slowest {slowest:.2f} s)"
+    )
 
 
 if __name__ == "__main__":

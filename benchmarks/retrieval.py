@@ -17,7 +17,6 @@ Run: ``python benchmarks/retrieval.py`` (100k x 64, about 2 minutes on 2 cores),
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from benchmark_tools import benchmark_parser
 
 from edgedml.retrieval.index import IndexParams, default_nlist, resolve_params, set_nprobe, train_index
 from edgedml.retrieval.synthetic import clustered_gallery, recall_against_exact
@@ -39,8 +39,16 @@ def tiny_exported_model(root: Path, dim: int) -> tuple[Path, Path]:
     from edgedml.training import Trainer
 
     run = root / "run"
-    options = dict(data="digits", backbone="tiny", dim=dim, input_size=32, batch_size=60, samples_per_class=12,
-                   epochs=1, device="cpu")
+    options = dict(
+        data="digits",
+        backbone="tiny",
+        dim=dim,
+        input_size=32,
+        batch_size=60,
+        samples_per_class=12,
+        epochs=1,
+        device="cpu",
+    )
     Trainer(TrainConfig.from_sources(overrides=options), run).fit()
     return run, export_onnx(run, evaluate=False).files["fp32"].path
 
@@ -55,17 +63,26 @@ def embedding_throughput(threads: int, dim: int, batch: int, repeats: int) -> li
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         run, onnx_path = tiny_exported_model(Path(tmp), dim)
-        embedders = [TorchEmbedder(run, device="cpu"), OnnxRuntimeEmbedder(onnx_path, ["CPUExecutionProvider"], threads)]
+        embedders = [
+            TorchEmbedder(run, device="cpu"),
+            OnnxRuntimeEmbedder(onnx_path, ["CPUExecutionProvider"], threads),
+        ]
         try:
-            from edgedml.export.runtime import load_embedder
-            from edgedml.export.tensorrt import export_engine
+            from edgedml.export.engine import export_engine
+            from edgedml.export.load import load_embedder
 
             embedders.append(load_embedder(export_engine(run, Path(tmp) / "model.engine").path))
         except Exception as exc:  # no TensorRT or no GPU here: say so in the table
-            rows.append({"runtime": "tensorrt", "note": f"not run ({type(exc).__name__}: {str(exc).splitlines()[0][:60]})"})
+            rows.append(
+                {"runtime": "tensorrt", "note": f"not run ({type(exc).__name__}: {str(exc).splitlines()[0][:60]})"}
+            )
         samples = load_source("digits").samples
         for embedder in embedders:
-            images = np.random.default_rng(0).standard_normal((batch, 3, embedder.info.input_size, embedder.info.input_size)).astype(np.float32)
+            images = (
+                np.random.default_rng(0)
+                .standard_normal((batch, 3, embedder.info.input_size, embedder.info.input_size))
+                .astype(np.float32)
+            )
             embedder.embed(images)  # warm-up
             started = time.perf_counter()
             for _ in range(repeats):
@@ -90,9 +107,13 @@ def timed_search(index, queries: np.ndarray, k: int = 10, repeats: int = 3) -> t
 def index_sweep(count: int, dim: int, queries: int, decay: float, threads: int) -> tuple[list[dict], float]:
     faiss.omp_set_num_threads(threads)
     vectors, query_vectors = clustered_gallery(count, dim, queries=queries, decay=decay, seed=0)
-    variants = [("flat", IndexParams("flat")), ("ivf", IndexParams("ivf")),
-                (f"ivfpq m={dim // 4}", IndexParams("ivfpq", pq_m=dim // 4)), (f"ivfpq m={dim // 2}", IndexParams("ivfpq", pq_m=dim // 2)),
-                (f"ivfpq m={dim}", IndexParams("ivfpq", pq_m=dim))]
+    variants = [
+        ("flat", IndexParams("flat")),
+        ("ivf", IndexParams("ivf")),
+        (f"ivfpq m={dim // 4}", IndexParams("ivfpq", pq_m=dim // 4)),
+        (f"ivfpq m={dim // 2}", IndexParams("ivfpq", pq_m=dim // 2)),
+        (f"ivfpq m={dim}", IndexParams("ivfpq", pq_m=dim)),
+    ]
     rows, exact, exact_qps = [], None, 0.0
     for name, requested in variants:
         params = resolve_params(requested, count, dim)
@@ -105,14 +126,25 @@ def index_sweep(count: int, dim: int, queries: int, decay: float, threads: int) 
             ids, qps = timed_search(index, query_vectors)
             if exact is None:
                 exact, exact_qps = ids, qps
-            rows.append({"index": name, "nlist": params.nlist, "nprobe": nprobe, "build_s": build_s,
-                         "bytes_per_vector": bytes_per_vector, "qps": qps, "speedup": qps / exact_qps,
-                         "recall": recall_against_exact(ids, exact)})
+            rows.append(
+                {
+                    "index": name,
+                    "nlist": params.nlist,
+                    "nprobe": nprobe,
+                    "build_s": build_s,
+                    "bytes_per_vector": bytes_per_vector,
+                    "qps": qps,
+                    "speedup": qps / exact_qps,
+                    "recall": recall_against_exact(ids, exact),
+                }
+            )
     return rows, exact_qps
 
 
 def print_tables(embedding: list[dict], search_rows: list[dict], args) -> None:
-    print(f"\nembedding throughput (images/s, tiny 64-d model at 32 x 32, batch {args.batch}, {args.threads} thread(s))\n")
+    print(
+        f"\nembedding throughput (images/s, tiny 64-d model at 32 x 32, batch {args.batch}, {args.threads} thread(s))\n"
+    )
     print("| runtime | model only | end to end (decode + preprocess + model) |")
     print("|---|---:|---:|")
     for row in embedding:
@@ -120,14 +152,19 @@ def print_tables(embedding: list[dict], search_rows: list[dict], args) -> None:
             print(f"| {row['runtime']} | {row['note']} | |")
         else:
             print(f"| {row['runtime']} | {row['model_only']:,.0f} | {row['end_to_end']:,.0f} |")
-    print(f"\nsearch: {args.count:,} x {args.dim} generated gallery (decay {args.decay}), {args.queries:,} held-out queries, "
-          f"top 10, {args.threads} thread(s); nlist default {default_nlist(args.count)}\n")
+    print(
+        f"\nsearch: {args.count:,} x {args.dim} generated gallery (decay {args.decay}), "
+        f"{args.queries:,} held-out queries, "
+        f"top 10, {args.threads} thread(s); nlist default {default_nlist(args.count)}\n"
+    )
     print("| index | nprobe | build s | bytes / vector | queries/s | speed-up vs exact | 10-recall@10 vs exact |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in search_rows:
         nprobe = "—" if row["nprobe"] is None else str(row["nprobe"])
-        print(f"| {row['index']} | {nprobe} | {row['build_s']:.2f} | {row['bytes_per_vector']:.1f} | {row['qps']:,.0f} | "
-              f"{row['speedup']:.1f}x | {row['recall']:.3f} |")
+        print(
+            f"| {row['index']} | {nprobe} | {row['build_s']:.2f} | {row['bytes_per_vector']:.1f} | {row['qps']:,.0f} | "
+            f"{row['speedup']:.1f}x | {row['recall']:.3f} |"
+        )
 
 
 def verdict(search_rows: list[dict]) -> str:
@@ -135,30 +172,42 @@ def verdict(search_rows: list[dict]) -> str:
     meeting = [row for row in pq if row["recall"] >= TARGET_RECALL]
     if not meeting:
         best = max(pq, key=lambda row: row["recall"])
-        return (f"MISSED: no IVF-PQ setting finds {TARGET_RECALL} of exact's top 10 (best {best['recall']:.3f}, "
-                f"{best['index']} nprobe {best['nprobe']}, {best['speedup']:.1f}x)")
+        return (
+            f"MISSED: no IVF-PQ setting finds {TARGET_RECALL} of exact's top 10 (best {best['recall']:.3f}, "
+            f"{best['index']} nprobe {best['nprobe']}, {best['speedup']:.1f}x)"
+        )
     best = max(meeting, key=lambda row: row["qps"])
     met = best["speedup"] >= TARGET_SPEEDUP
-    return (f"{'MET' if met else 'MISSED'}: {best['index']} nprobe {best['nprobe']} finds {best['recall']:.3f} of exact's "
-            f"top 10 at {best['speedup']:.1f}x exact's queries/s ({best['qps']:,.0f} vs {best['qps'] / best['speedup']:,.0f}), "
-            f"{best['bytes_per_vector']:.1f} bytes per vector (target >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:.0f}x)")
+    return (
+        f"{'MET' if met else 'MISSED'}: {best['index']} nprobe {best['nprobe']} finds {best['recall']:.3f} of exact's "
+        f"top 10 at {best['speedup']:.1f}x exact's queries/s "
+        f"({best['qps']:,.0f} vs {best['qps'] / best['speedup']:,.0f}), "
+        f"{best['bytes_per_vector']:.1f} bytes per vector (target >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:.0f}x)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20k gallery, 500 queries, fewer repeats")
+    parser = benchmark_parser(
+        __doc__.splitlines()[0],
+        threads="every runtime and index",
+        threads_default=1,
+        quick="20k gallery, 500 queries, fewer repeats",
+    )
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--queries", type=int, default=2_000)
-    parser.add_argument("--decay", type=float, default=1.0, help="spectrum decay of the clusters' spread (0: isotropic)")
-    parser.add_argument("--threads", type=int, default=1, help="threads for every runtime and index")
+    parser.add_argument(
+        "--decay", type=float, default=1.0, help="spectrum decay of the clusters' spread (0: isotropic)"
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--skip-embedding", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.count, args.queries = min(args.count, 20_000), min(args.queries, 500)
     logging.basicConfig(level=logging.WARNING)
-    embedding = [] if args.skip_embedding else embedding_throughput(args.threads, 64, args.batch, 5 if args.quick else 20)
+    embedding = (
+        [] if args.skip_embedding else embedding_throughput(args.threads, 64, args.batch, 5 if args.quick else 20)
+    )
     search_rows, _ = index_sweep(args.count, args.dim, args.queries, args.decay, args.threads)
     print_tables(embedding, search_rows, args)
     print("\n" + verdict(search_rows))

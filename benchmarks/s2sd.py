@@ -78,7 +78,6 @@ Run (from the repository root; ~28 minutes on 2 CPU cores with nothing else runn
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -87,7 +86,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_tools import fmt_mean_std as fmt, log_progress, markdown_table, mean_std
+from benchmark_tools import (
+    Comparison,
+    benchmark_parser,
+    compare,
+    fit_outcome,
+    log_progress,
+    markdown_table,
+    noise_note,
+    positive_int,
+    total_time_line,
+    write_json_file,
+)
+from benchmark_tools import (
+    fmt_mean_std as fmt,
+)
 from edgedml.cli.quickstart import QUICKSTART
 
 from edgedml.budget.planner import StepTracer
@@ -152,7 +165,11 @@ DATASETS: dict[str, DataSpec] = {
         default_methods=("plain", "dsd", "msd", "msdf", "msd-w1"),
     ),
     "digits": DataSpec(
-        {"data": "digits", "batch_size": QUICKSTART["batch_size"], "samples_per_class": QUICKSTART["samples_per_class"]},
+        {
+            "data": "digits",
+            "batch_size": QUICKSTART["batch_size"],
+            "samples_per_class": QUICKSTART["samples_per_class"],
+        },
         default_epochs=QUICKSTART["epochs"],
         default_methods=("plain", "dsd", "msd", "msdf", "dsd-w1", "msd-w1", "msdf-w1"),
     ),
@@ -193,7 +210,9 @@ class RunResult:
 def steps_per_epoch(dataset: str, seed: int) -> int:
     """The trainer's steps per epoch at this seed's split (training images // batch size, at least 1)."""
     defaults = TrainConfig()
-    splits = prepare_data(DATASETS[dataset].overrides["data"], defaults.train_classes, defaults.val_fraction, seed).splits
+    splits = prepare_data(
+        DATASETS[dataset].overrides["data"], defaults.train_classes, defaults.val_fraction, seed
+    ).splits
     return max(1, len(splits.train) // DATASETS[dataset].overrides["batch_size"])
 
 
@@ -219,7 +238,6 @@ def train_one(dataset: str, method: str, dim: int, seed: int, epochs: int, delay
     trainer = Trainer(config, workdir / f"{dataset}-{method}-{dim}d-seed{seed}")
     summary = trainer.fit(overwrite=True)
     wall = time.perf_counter() - started
-    records = [json.loads(line) for line in trainer.run.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
     spec = METHODS[method]
     return RunResult(
         dataset=dataset,
@@ -232,21 +250,15 @@ def train_one(dataset: str, method: str, dim: int, seed: int, epochs: int, delay
         epochs=summary["epochs"],
         iterations=summary["epochs"] * trainer.steps_per_epoch,
         input_size=trainer.config.input_size,
-        recall_at_1=summary["recall_at_1"],
-        map_at_r=summary["map_at_r"],
-        untrained_recall_at_1=summary["untrained_recall_at_1"],
-        best_epoch=summary["best_epoch"],
-        train_seconds=summary["wall_s"],
-        wall_seconds=wall,
         parameters=summary["parameters"],
         parameters_training=summary["parameters_training"],
-        val_recall_at_1=[r.get("val_recall_at_1", float("nan")) for r in records],
-        train_loss=[r["loss"] for r in records],
+        **fit_outcome(summary, trainer.run.metrics, wall),
     )
 
 
 def predicted_peak(dataset: str, method: str, dim: int, epochs: int, input_size: int) -> int:
-    """The planner's predicted peak bytes of one training step (seed-independent; MSDF planned with its feature term)."""
+    """The planner's predicted peak bytes of one training step (seed-independent; MSDF planned with its feature
+    term)."""
     config = run_config(dataset, method, dim, 0, epochs, 0)
     return StepTracer(config, input_size).estimate(config.batch_size).peak
 
@@ -256,7 +268,9 @@ Results = dict[str, dict[str, dict[int, list[RunResult]]]]
 Peaks = dict[str, dict[str, dict[int, int]]]
 
 
-def run_all(plan: dict[str, list[str]], dims: list[int], seeds: list[int], epochs: dict[str, int]) -> tuple[Results, Peaks]:
+def run_all(
+    plan: dict[str, list[str]], dims: list[int], seeds: list[int], epochs: dict[str, int]
+) -> tuple[Results, Peaks]:
     results: Results = {d: {m: {dim: [] for dim in dims} for m in methods} for d, methods in plan.items()}
     total_runs = sum(len(methods) for methods in plan.values()) * len(dims) * len(seeds)
     done = 0
@@ -281,7 +295,10 @@ def run_all(plan: dict[str, list[str]], dims: list[int], seeds: list[int], epoch
     peaks: Peaks = {}
     for dataset, methods in plan.items():
         peaks[dataset] = {
-            m: {dim: predicted_peak(dataset, m, dim, epochs[dataset], results[dataset][m][dim][0].input_size) for dim in dims}
+            m: {
+                dim: predicted_peak(dataset, m, dim, epochs[dataset], results[dataset][m][dim][0].input_size)
+                for dim in dims
+            }
             for m in methods
         }
         log_progress(f"{dataset}: predicted peaks traced")
@@ -293,49 +310,20 @@ def median_seconds_per_epoch(runs: list[RunResult]) -> float:
     return statistics.median(r.seconds_per_epoch for r in runs)
 
 
-@dataclass
-class Comparison:
-    method: str
-    dim: int
-    deltas: list[float]  # per seed, Recall@1 points (S2SD - plain)
-    map_deltas: list[float]  # per seed, MAP@R points
-    noise: float  # points: max(std S2SD, std plain, std of deltas)
-    wins: int
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.deltas)
-
-    @property
-    def verdict(self) -> str:
-        if len(self.deltas) > 1 and abs(self.mean) <= self.noise:
-            return "within noise"
-        if self.mean == 0:
-            return "within noise"
-        return "holds" if self.mean > 0 else "does not hold"
+# (method, dim) -> the claim "the method beats plain at this dim" (A = the method, B = plain), in run order
+Comparisons = dict[tuple[str, int], Comparison]
 
 
-def compare(a: list[RunResult], b: list[RunResult], method: str, dim: int) -> Comparison:
-    ra = {r.seed: 100 * r.recall_at_1 for r in a}
-    rb = {r.seed: 100 * r.recall_at_1 for r in b}
-    ma = {r.seed: 100 * r.map_at_r for r in a}
-    mb = {r.seed: 100 * r.map_at_r for r in b}
-    seeds = sorted(set(ra) & set(rb))
-    deltas = [ra[s] - rb[s] for s in seeds]
-    stds = [mean_std([ra[s] for s in seeds])[1], mean_std([rb[s] for s in seeds])[1], mean_std(deltas)[1]]
-    return Comparison(method, dim, deltas, [ma[s] - mb[s] for s in seeds], max(stds), sum(d > 0 for d in deltas))
-
-
-def comparisons(runs: dict[str, dict[int, list[RunResult]]]) -> list[Comparison]:
+def comparisons(runs: dict[str, dict[int, list[RunResult]]]) -> Comparisons:
     if BASELINE not in runs:
-        return []
-    out = []
+        return {}
+    out: Comparisons = {}
     for method, by_dim in runs.items():
         if method == BASELINE:
             continue
         for dim, results in by_dim.items():
             if results and runs[BASELINE][dim]:
-                out.append(compare(results, runs[BASELINE][dim], method, dim))
+                out[(method, dim)] = compare(results, runs[BASELINE][dim])
     return out
 
 
@@ -348,8 +336,17 @@ def heads_text(method: str) -> str:
 
 
 def results_table(runs: dict[str, dict[int, list[RunResult]]], peaks: dict[str, dict[int, int]]) -> str:
-    header = ["dim", "method", "aux heads", "test R@1 (%)", "test MAP@R (%)", "best epoch",
-              "train s / epoch (× plain)", "predicted peak MiB (× plain)", "parameters exported / training"]
+    header = [
+        "dim",
+        "method",
+        "aux heads",
+        "test R@1 (%)",
+        "test MAP@R (%)",
+        "best epoch",
+        "train s / epoch (× plain)",
+        "predicted peak MiB (× plain)",
+        "parameters exported / training",
+    ]
     dims = sorted({dim for by_dim in runs.values() for dim in by_dim})
     rows = []
     for dim in dims:
@@ -363,49 +360,62 @@ def results_table(runs: dict[str, dict[int, list[RunResult]]], peaks: dict[str, 
             seconds = median_seconds_per_epoch(results)
             peak = peaks[method][dim]
             first = results[0]
-            rows.append([
-                str(dim),
-                METHODS[method].label,
-                heads_text(method),
-                fmt([r.recall_at_1 for r in results], scale=100),
-                fmt([r.map_at_r for r in results], scale=100),
-                fmt([float(r.best_epoch) for r in results], digits=1),
-                f"{seconds:.2f} ({seconds / base_seconds:.2f}×)",
-                f"{peak / MIB:.0f} ({peak / base_peak:.2f}×)" if base_peak else f"{peak / MIB:.0f}",
-                f"{first.parameters / 1e6:.3f} M / {first.parameters_training / 1e6:.3f} M",
-            ])
+            rows.append(
+                [
+                    str(dim),
+                    METHODS[method].label,
+                    heads_text(method),
+                    fmt([r.recall_at_1 for r in results], scale=100),
+                    fmt([r.map_at_r for r in results], scale=100),
+                    fmt([float(r.best_epoch) for r in results], digits=1),
+                    f"{seconds:.2f} ({seconds / base_seconds:.2f}×)",
+                    f"{peak / MIB:.0f} ({peak / base_peak:.2f}×)" if base_peak else f"{peak / MIB:.0f}",
+                    f"{first.parameters / 1e6:.3f} M / {first.parameters_training / 1e6:.3f} M",
+                ]
+            )
     return markdown_table(header, rows)
 
 
-def verdict_table(comps: list[Comparison]) -> str:
-    header = ["claim", "Δ R@1 (points, mean ± std)", "Δ MAP@R (points, mean ± std)", "seeds S2SD > plain",
-              "noise (points)", "verdict"]
+def verdict_table(comps: Comparisons) -> str:
+    header = [
+        "claim",
+        "Δ R@1 (points, mean ± std)",
+        "Δ MAP@R (points, mean ± std)",
+        "seeds S2SD > plain",
+        "noise (points)",
+        "verdict",
+    ]
     rows = [
         [
-            f"{METHODS[c.method].label} beats plain at {c.dim}-d",
+            f"{METHODS[method].label} beats plain at {dim}-d",
             fmt(c.deltas),
             fmt(c.map_deltas),
             f"{c.wins}/{len(c.deltas)}",
             f"{c.noise:.2f}",
             c.verdict,
         ]
-        for c in sorted(comps, key=lambda c: (list(METHODS).index(c.method), c.dim))
+        for (method, dim), c in sorted(comps.items(), key=lambda item: (list(METHODS).index(item[0][0]), item[0][1]))
     ]
     return markdown_table(header, rows)
 
 
-def largest_gain_line(dataset: str, comps: list[Comparison]) -> str:
-    def best_of(chosen: list[Comparison]) -> str:
-        best = max(chosen, key=lambda c: c.mean)
-        return f"{best.mean:+.2f} points ({METHODS[best.method].label}, {best.dim}-d, {best.wins}/{len(best.deltas)} seeds, {best.verdict})"
+def largest_gain_line(dataset: str, comps: Comparisons) -> str:
+    def best_of(chosen: Comparisons) -> str:
+        (method, dim), best = max(chosen.items(), key=lambda item: item[1].mean)
+        return (
+            f"{best.mean:+.2f} points ({METHODS[method].label}, {dim}-d, "
+            f"{best.wins}/{len(best.deltas)} seeds, {best.verdict})"
+        )
 
-    best_seed = max(((d, c) for c in comps for d in c.deltas), key=lambda pair: pair[0])
-    holds = sum(c.verdict == "holds" for c in comps)
-    at_paper_weight = [c for c in comps if METHODS[c.method].weight == PAPER_WEIGHT]
+    best_delta, (best_method, best_dim) = max(
+        ((d, key) for key, c in comps.items() for d in c.deltas), key=lambda pair: pair[0]
+    )
+    holds = sum(c.verdict == "holds" for c in comps.values())
+    at_paper_weight = {key: c for key, c in comps.items() if METHODS[key[0]].weight == PAPER_WEIGHT}
     paper_text = f"; at the paper's w = {PAPER_WEIGHT:.0f}: {best_of(at_paper_weight)}" if at_paper_weight else ""
     return (
         f"Largest mean Recall@1 gain over plain on {dataset}: {best_of(comps)}{paper_text}; largest single-seed gain "
-        f"{best_seed[0]:+.2f} ({METHODS[best_seed[1].method].label}, {best_seed[1].dim}-d). The paper: up to "
+        f"{best_delta:+.2f} ({METHODS[best_method].label}, {best_dim}-d). The paper: up to "
         f"+{PAPER_GAIN:.0f}. The claim holds beyond noise in {holds} of {len(comps)} (method, dim) pairs."
     )
 
@@ -428,17 +438,24 @@ def cost_table(runs: dict[str, dict[int, list[RunResult]]], peaks: dict[str, dic
         if not time_ratios:
             continue
         ratio = statistics.median(time_ratios)
-        rows.append([
-            METHODS[method].label,
-            f"{ratio:.2f}× ({min(time_ratios):.2f}-{max(time_ratios):.2f})",
-            f"{statistics.median(peak_ratios):.2f}×",
-            f"{statistics.median(param_ratios):.1f}×",
-            "holds" if ratio <= NEGLIGIBLE else "does not hold",
-        ])
+        rows.append(
+            [
+                METHODS[method].label,
+                f"{ratio:.2f}× ({min(time_ratios):.2f}-{max(time_ratios):.2f})",
+                f"{statistics.median(peak_ratios):.2f}×",
+                f"{statistics.median(param_ratios):.1f}×",
+                "holds" if ratio <= NEGLIGIBLE else "does not hold",
+            ]
+        )
     if not rows:
         return None
-    header = ["method", "train s / epoch vs plain (median over dims; range)", "predicted peak vs plain",
-              "parameters trained / exported", f"\"negligible training-time cost\" (<= {NEGLIGIBLE:.2f}×)"]
+    header = [
+        "method",
+        "train s / epoch vs plain (median over dims; range)",
+        "predicted peak vs plain",
+        "parameters trained / exported",
+        f'"negligible training-time cost" (<= {NEGLIGIBLE:.2f}×)',
+    ]
     return markdown_table(header, rows)
 
 
@@ -448,7 +465,9 @@ def report(results: Results, peaks: Peaks, epochs: dict[str, int], seeds: list[i
         spec = DATASETS[dataset]
         first = next((r for by_dim in runs.values() for rs in by_dim.values() for r in rs), None)
         iterations = f", {first.iterations} iterations" if first else ""
-        delays = sorted({r.feature_delay for by_dim in runs.values() for rs in by_dim.values() for r in rs if r.feature_delay >= 0})
+        delays = sorted(
+            {r.feature_delay for by_dim in runs.values() for rs in by_dim.values() for r in rs if r.feature_delay >= 0}
+        )
         delay_text = f", MSDF features after {'/'.join(map(str, delays))} iterations" if delays else ""
         batch, k = spec.overrides["batch_size"], spec.overrides["samples_per_class"]
         crop = spec.overrides.get("crop_scale", "library default 0.6")
@@ -460,78 +479,100 @@ def report(results: Results, peaks: Peaks, epochs: dict[str, int], seeds: list[i
         parts += [title, "", results_table(runs, peaks[dataset]), ""]
         comps = comparisons(runs)
         if comps:
-            parts += [f"Claim on {dataset}: S2SD beats plain at the same dim (Δ = S2SD minus plain, paired by seed):", "",
-                      verdict_table(comps), "", largest_gain_line(dataset, comps), ""]
+            parts += [
+                f"Claim on {dataset}: S2SD beats plain at the same dim (Δ = S2SD minus plain, paired by seed):",
+                "",
+                verdict_table(comps),
+                "",
+                largest_gain_line(dataset, comps),
+                "",
+            ]
         costs = cost_table(runs, peaks[dataset])
         if costs:
             parts += [f"Training cost on {dataset} (ratios to plain at the same dim):", "", costs, ""]
     parts.append(
-        "test R@1 / MAP@R: unseen test classes, best-on-validation checkpoint (summary.json); best epoch: 1-based, chosen "
-        "on validation Recall@1; train s / epoch: summary wall_s / epochs (training steps only, no data loading or "
-        "evaluation), median over seeds; predicted peak: the memory planner's StepTracer estimate of one training step's "
-        "peak (fake-tensor trace, within ~2% of a traced real CPU step), the same for every seed; parameters exported: the "
-        "base model kept at export, training: with the auxiliary heads. noise = max(seed std of S2SD, seed std of plain, "
-        "std of the paired Δ); |Δ| <= noise is \"within noise\""
-        + (" (one seed: no noise estimate, the verdict is the sign of Δ)." if len(seeds) < 2 else ".")
+        "test R@1 / MAP@R: unseen test classes, best-on-validation checkpoint (summary.json); best epoch: 1-based, "
+        "chosen on validation Recall@1; train s / epoch: summary wall_s / epochs (training steps only, no data "
+        "loading or evaluation), median over seeds; predicted peak: the memory planner's StepTracer estimate of one "
+        "training step's peak (fake-tensor trace, within ~2% of a traced real CPU step), the same for every seed; "
+        "parameters exported: the "
+        "base model kept at export, training: with the auxiliary heads. " + noise_note("S2SD", "plain", len(seeds))
     )
     return "\n".join(parts)
 
 
-def write_json(path: Path, results: Results, peaks: Peaks, epochs: dict[str, int], seeds: list[int], total_s: float) -> None:
+def write_json(
+    path: Path, results: Results, peaks: Peaks, epochs: dict[str, int], seeds: list[int], total_s: float
+) -> None:
     payload = {
-        "benchmark": "s2sd",
         "base": QUICKSTART,
         "datasets": {d: {**asdict(DATASETS[d]), "epochs": epochs[d]} for d in results},
         "methods": {name: asdict(m) for name, m in METHODS.items()},
         "seeds": seeds,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "total_seconds": total_s,
-        "predicted_peak_bytes": {d: {m: {str(dim): b for dim, b in by_dim.items()} for m, by_dim in p.items()} for d, p in peaks.items()},
+        "predicted_peak_bytes": {
+            d: {m: {str(dim): b for dim, b in by_dim.items()} for m, by_dim in p.items()} for d, p in peaks.items()
+        },
         "runs": {
             dataset: {
-                method: {str(dim): [{**asdict(r), "seconds_per_epoch": r.seconds_per_epoch} for r in rs] for dim, rs in by_dim.items()}
+                method: {
+                    str(dim): [{**asdict(r), "seconds_per_epoch": r.seconds_per_epoch} for r in rs]
+                    for dim, rs in by_dim.items()
+                }
                 for method, by_dim in runs.items()
             }
             for dataset, runs in results.items()
         },
         "comparisons": {
-            dataset: [{**asdict(c), "mean": c.mean, "verdict": c.verdict} for c in comparisons(runs)]
+            dataset: [{"method": method, "dim": dim, **c.to_dict()} for (method, dim), c in comparisons(runs).items()]
             for dataset, runs in results.items()
         },
     }
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    write_json_file(path, "s2sd", payload)
 
 
 # ---- command line -------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Test Recall@1 of low-dimensional embeddings: plain training against S2SD (DSD / MSD / MSDF).",
+    parser = benchmark_parser(
+        "Test Recall@1 of low-dimensional embeddings: plain training against S2SD (DSD / MSD / MSDF).",
+        datasets=list(DATASETS),
+        seeds=3,
+        threads="PyTorch, via torch.set_num_threads",
+        json_out="every run's numbers",
+        quick="1 seed, 1 epoch, dim 16 (unless --dims)",
     )
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS),
-                        help="data sets (default: glyphs digits)")
-    parser.add_argument("--dims", nargs="+", type=int, default=None,
-                        help="target embedding dimensions (default: 16 32 64; --quick: 16)")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
-    parser.add_argument("--epochs-glyphs", type=int, default=None,
-                        help=f"epochs of every glyphs run (default {DATASETS['glyphs'].default_epochs})")
-    parser.add_argument("--epochs-digits", type=int, default=None,
-                        help=f"epochs of every digits run (default {DATASETS['digits'].default_epochs})")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
-                        help="methods for every data set (default: digits plain and the six S2SD variants; "
-                             "glyphs plain dsd msd msdf msd-w1; msd-w0 is an ablation)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every run's numbers to this JSON file")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch, dim 16 (unless --dims)")
+    parser.add_argument(
+        "--dims",
+        nargs="+",
+        type=positive_int,
+        default=None,
+        help="target embedding dimensions (default: 16 32 64; --quick: 16)",
+    )
+    parser.add_argument(
+        "--epochs-glyphs",
+        type=positive_int,
+        default=None,
+        help=f"epochs of every glyphs run (default {DATASETS['glyphs'].default_epochs})",
+    )
+    parser.add_argument(
+        "--epochs-digits",
+        type=positive_int,
+        default=None,
+        help=f"epochs of every digits run (default {DATASETS['digits'].default_epochs})",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=None,
+        help="methods for every data set (default: digits plain and the six S2SD variants; "
+        "glyphs plain dsd msd msdf msd-w1; msd-w0 is an ablation)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs_glyphs, args.epochs_digits = 1, 1, 1
         args.dims = args.dims or [16]
     args.dims = args.dims or list(DEFAULT_DIMS)
-    if args.seeds < 1 or any(e is not None and e < 1 for e in (args.epochs_glyphs, args.epochs_digits)):
-        parser.error("--seeds and --epochs-* must be positive")
-    if any(d < 1 for d in args.dims):
-        parser.error("--dims must be positive")
     return args
 
 
@@ -556,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(args.json, results, peaks, epochs, seeds, total)
         log_progress(f"raw numbers written to {args.json}")
     print(report(results, peaks, epochs, seeds))
-    print(f"\nTotal wall time: {total:.0f} s ({total / 60:.1f} min), {torch.get_num_threads()} torch threads.")
+    print(total_time_line(total))
 
 
 if __name__ == "__main__":

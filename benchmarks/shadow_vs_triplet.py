@@ -41,11 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from benchmark_tools import fmt_mean_std, log_progress, markdown_table
+from benchmark_tools import benchmark_parser, fmt_mean_std, log_progress, markdown_table, write_json_file
 from edgedml.cli.quickstart import QUICKSTART
+
 from edgedml.config import MINING_MODES, TrainConfig
-from edgedml.training import TrainCallbacks, Trainer
+from edgedml.progress import Progress
+from edgedml.training import Trainer
 from edgedml.training.evaluate import evaluate_split
 
 # name -> TrainConfig overrides on top of QUICKSTART (the loss options; everything else is shared).
@@ -89,20 +90,28 @@ class RunResult:
         return statistics.median(self.epoch_seconds)
 
 
-class TestRecallRecorder(TrainCallbacks):
-    """Evaluates the test classes after every epoch and times the epochs (without that evaluation)."""
+class TestRecallRecorder(Progress):
+    """Evaluates the test classes after every epoch and times the epochs (without that evaluation).
+
+    The trainer's display reports: the ``train`` stage starts (at step 0 of a new run), and a note
+    ends each epoch, once its record is in the run's metrics.jsonl.
+    """
 
     def __init__(self, result: RunResult):
         self.result = result
         self.trainer: Trainer | None = None
         self._epoch_started = 0.0
 
-    def on_start(self, epochs: int, steps_per_epoch: int, start_epoch: int, start_step: int) -> None:
-        if start_epoch == 0 and start_step == 0:
+    def stage(self, description: str, total: int | None = None, done: int = 0) -> None:
+        if description != "train":
+            return
+        if done == 0:
             self.result.initial_test_recall_at_1 = self._test_recall()
         self._epoch_started = time.perf_counter()
 
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
+    def note(self, message: str) -> None:
+        assert self.trainer is not None, "attach the trainer before fit()"
+        record = json.loads(self.trainer.run.metrics.read_text(encoding="utf-8").splitlines()[-1])
         self.result.epoch_seconds.append(time.perf_counter() - self._epoch_started)
         self.result.train_loss.append(record["loss"])
         self.result.val_recall_at_1.append(record.get("val_recall_at_1", float("nan")))
@@ -183,19 +192,28 @@ def max_curve_gap(a: list[RunResult], b: list[RunResult]) -> float:
 # ---- report -------------------------------------------------------------------------------
 def results_table(results: dict[str, list[RunResult]], epochs: int) -> str:
     shown = [e for e in REPORT_EPOCHS if e < epochs]
-    header = ["loss", "R@1 ep 0 (init)", *(f"R@1 ep {e}" for e in shown), f"R@1 final (ep {epochs})",
-              "epochs to 95% of final", "silhouette", "s / epoch"]
+    header = [
+        "loss",
+        "R@1 ep 0 (init)",
+        *(f"R@1 ep {e}" for e in shown),
+        f"R@1 final (ep {epochs})",
+        "epochs to 95% of final",
+        "silhouette",
+        "s / epoch",
+    ]
     rows = []
     for name, runs in results.items():
-        rows.append([
-            name,
-            fmt([r.initial_test_recall_at_1 for r in runs]),
-            *(fmt([r.test_recall_at_1[e - 1] for r in runs]) for e in shown),
-            fmt([r.final_recall for r in runs]),
-            fmt([float(r.epochs_to_target) for r in runs], digits=1),
-            fmt([r.silhouette for r in runs]),
-            fmt([r.seconds_per_epoch for r in runs], digits=2),
-        ])
+        rows.append(
+            [
+                name,
+                fmt([r.initial_test_recall_at_1 for r in runs]),
+                *(fmt([r.test_recall_at_1[e - 1] for r in runs]) for e in shown),
+                fmt([r.final_recall for r in runs]),
+                fmt([float(r.epochs_to_target) for r in runs], digits=1),
+                fmt([r.silhouette for r in runs]),
+                fmt([r.seconds_per_epoch for r in runs], digits=2),
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -207,14 +225,20 @@ def ratio_table(results: dict[str, list[RunResult]]) -> str | None:
     for name in (n for n in SHADOW_VARIANTS if n in results):
         runs = results[name]
         epochs_b, epochs_s = [r.epochs_to_target for r in baseline], [r.epochs_to_target for r in runs]
-        rows.append([
-            f"{BASELINE} / {name}",
-            f"{ratio_of_means(epochs_b, epochs_s):.2f}",
-            fmt(paired_ratios(epochs_b, epochs_s), digits=2),
-            f"{max_curve_gap(baseline, runs):.4f}",
-        ])
-    header = ["epochs to 95% of final", "ratio of means", "per-seed ratio (mean ± std)",
-              "max abs. R@1 gap (any seed, epoch)"]
+        rows.append(
+            [
+                f"{BASELINE} / {name}",
+                f"{ratio_of_means(epochs_b, epochs_s):.2f}",
+                fmt(paired_ratios(epochs_b, epochs_s), digits=2),
+                f"{max_curve_gap(baseline, runs):.4f}",
+            ]
+        )
+    header = [
+        "epochs to 95% of final",
+        "ratio of means",
+        "per-seed ratio (mean ± std)",
+        "max abs. R@1 gap (any seed, epoch)",
+    ]
     return markdown_table(header, rows)
 
 
@@ -229,8 +253,7 @@ def report(results: dict[str, list[RunResult]], epochs: int, seeds: list[int], m
     ratios = ratio_table(results)
     if ratios:
         ratio_note = (
-            "Ratio > 1: Shadow reaches 95% of its final Recall@1 in fewer epochs than triplet "
-            "(the paper claims 1.5-2)."
+            "Ratio > 1: Shadow reaches 95% of its final Recall@1 in fewer epochs than triplet (the paper claims 1.5-2)."
         )
         parts += ["", ratios, "", ratio_note]
     notes = (
@@ -243,48 +266,43 @@ def report(results: dict[str, list[RunResult]], epochs: int, seeds: list[int], m
 
 def write_json(path: Path, results: dict[str, list[RunResult]], args: argparse.Namespace, seeds: list[int]) -> None:
     payload = {
-        "benchmark": "shadow_vs_triplet",
         "shared_config": run_config(None, seeds[0], args.epochs, args.mining).to_dict(),
         "variants": VARIANTS,
         "seeds": seeds,
         "target_fraction": TARGET_FRACTION,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "runs": {
             name: [
-                {**asdict(r), "final_recall_at_1": r.final_recall, "epochs_to_target": r.epochs_to_target}
-                for r in runs
+                {**asdict(r), "final_recall_at_1": r.final_recall, "epochs_to_target": r.epochs_to_target} for r in runs
             ]
             for name, runs in results.items()
         },
     }
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    write_json_file(path, "shadow_vs_triplet", payload)
 
 
 # ---- command line -------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Recall@1 per epoch on digits for Shadow loss and a cosine triplet loss at the same mining.",
+    parser = benchmark_parser(
+        "Recall@1 per epoch on digits for Shadow loss and a cosine triplet loss at the same mining.",
+        seeds=5,
+        epochs=15,
+        threads="PyTorch, via torch.set_num_threads",
+        json_out="every raw curve",
+        quick="2 seeds x 4 epochs",
     )
-    parser.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs per run (default 15)")
     parser.add_argument(
         "--mining", choices=MINING_MODES, default="all", help="triplet mining for every loss (default all)"
     )
     parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
         help="losses to compare (default: all three)",
     )
-    parser.add_argument(
-        "--json", type=Path, default=None, metavar="PATH", help="write every raw curve to this JSON file"
-    )
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds x 4 epochs")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs = 2, 4
-    if args.seeds < 1 or args.epochs < 1:
-        parser.error("--seeds and --epochs must be positive")
     return args
 
 
@@ -293,8 +311,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     seeds = list(range(args.seeds))
-    log_progress(f"{len(args.variants)} losses x {len(seeds)} seeds x {args.epochs} epochs, "
-                 f"mining={args.mining}, {torch.get_num_threads()} torch threads")
+    log_progress(
+        f"{len(args.variants)} losses x {len(seeds)} seeds x {args.epochs} epochs, "
+        f"mining={args.mining}, {torch.get_num_threads()} torch threads"
+    )
     results = run_all(args.variants, seeds, args.epochs, args.mining)
     print(report(results, args.epochs, seeds, args.mining))
     if args.json:

@@ -68,8 +68,6 @@ Run (from the repository root; about 25 minutes on 2 CPU cores, nothing else run
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -77,8 +75,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchmark_tools import (
+    benchmark_parser,
+    compare,
+    fit_outcome,
+    log_progress,
+    markdown_table,
+    noise_note,
+    total_time_line,
+    write_json_file,
+)
+from benchmark_tools import (
+    fmt_mean_std as fmt,
+)
 
-from benchmark_tools import fmt_mean_std as fmt, log_progress, markdown_table, mean_std
 from edgedml.config import MINING_MODES, TrainConfig
 from edgedml.data import prepare_data
 from edgedml.training import Trainer
@@ -173,7 +183,9 @@ class RunResult:
 def split_sizes(dataset: str, seed: int) -> tuple[int, int]:
     """(training images, validation images) of the data set's split at this seed (splits use library defaults)."""
     defaults = TrainConfig()
-    splits = prepare_data(DATASETS[dataset].overrides["data"], defaults.train_classes, defaults.val_fraction, seed).splits
+    splits = prepare_data(
+        DATASETS[dataset].overrides["data"], defaults.train_classes, defaults.val_fraction, seed
+    ).splits
     return len(splits.train), len(splits.val)
 
 
@@ -200,18 +212,21 @@ def run_config(dataset: str, config: str, seed: int, epochs: int, mining: str, w
     return TrainConfig.from_sources(overrides=overrides)
 
 
-def train_one(dataset: str, config_name: str, seed: int, epochs: int, mining: str, train_images: int, workdir: Path) -> RunResult:
+def train_one(
+    dataset: str, config_name: str, seed: int, epochs: int, mining: str, train_images: int, workdir: Path
+) -> RunResult:
     warmup = warmup_iterations(train_images, epochs)
     started = time.perf_counter()
     config = run_config(dataset, config_name, seed, epochs, mining, warmup)
     trainer = Trainer(config, workdir / f"{dataset}-{config_name.replace('@', '-')}-seed{seed}")
     iterations = epochs * trainer.steps_per_epoch
     if config.memory != "none" and warmup >= iterations:
-        raise SystemExit(f"{dataset} {config_name}: warm-up {warmup} >= {iterations} iterations, the memory would never be used")
+        raise SystemExit(
+            f"{dataset} {config_name}: warm-up {warmup} >= {iterations} iterations, the memory would never be used"
+        )
     memory = getattr(trainer.loss_fn, "memory", None)
     summary = trainer.fit(overwrite=True)
     wall = time.perf_counter() - started
-    records = [json.loads(line) for line in trainer.run.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
     return RunResult(
         dataset=dataset,
         config=config_name,
@@ -224,19 +239,14 @@ def train_one(dataset: str, config_name: str, seed: int, epochs: int, mining: st
         iterations=iterations,
         memory_warmup=warmup if config.memory != "none" else 0,
         memory_slots=memory.size if memory is not None else 0,
-        recall_at_1=summary["recall_at_1"],
-        map_at_r=summary["map_at_r"],
-        untrained_recall_at_1=summary["untrained_recall_at_1"],
         untrained_map_at_r=summary["untrained_map_at_r"],
-        best_epoch=summary["best_epoch"],
-        train_seconds=summary["wall_s"],
-        wall_seconds=wall,
-        val_recall_at_1=[r.get("val_recall_at_1", float("nan")) for r in records],
-        train_loss=[r["loss"] for r in records],
+        **fit_outcome(summary, trainer.run.metrics, wall),
     )
 
 
-def run_all(datasets: list[str], configs: list[str], seeds: list[int], epochs: dict[str, int], mining: str) -> dict[str, dict[str, list[RunResult]]]:
+def run_all(
+    datasets: list[str], configs: list[str], seeds: list[int], epochs: dict[str, int], mining: str
+) -> dict[str, dict[str, list[RunResult]]]:
     results: dict[str, dict[str, list[RunResult]]] = {d: {c: [] for c in configs} for d in datasets}
     total_runs = len(datasets) * len(configs) * len(seeds)
     done = 0
@@ -257,84 +267,70 @@ def run_all(datasets: list[str], configs: list[str], seeds: list[int], epochs: d
     return results
 
 
-# ---- statistics --------------------------------------------------------------------------
-@dataclass
-class Comparison:
-    a: str
-    b: str
-    claim: str
-    deltas: list[float]  # per seed, Recall@1 points (A - B)
-    noise: float  # points: max(std A, std B, std of deltas)
-    wins: int
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.deltas)
-
-    @property
-    def verdict(self) -> str:
-        if len(self.deltas) > 1 and abs(self.mean) <= self.noise:
-            return "within noise"
-        if self.mean == 0:
-            return "within noise"
-        return "holds" if self.mean > 0 else "does not hold"
-
-
-def compare(runs: dict[str, list[RunResult]], a: str, b: str, claim: str) -> Comparison:
-    ra = {r.seed: 100 * r.recall_at_1 for r in runs[a]}
-    rb = {r.seed: 100 * r.recall_at_1 for r in runs[b]}
-    seeds = sorted(set(ra) & set(rb))
-    deltas = [ra[s] - rb[s] for s in seeds]
-    stds = [mean_std([ra[s] for s in seeds])[1], mean_std([rb[s] for s in seeds])[1], mean_std(deltas)[1]]
-    return Comparison(a, b, claim, deltas, max(stds), sum(d > 0 for d in deltas))
-
-
 # ---- report -------------------------------------------------------------------------------
 def results_table(runs: dict[str, list[RunResult]]) -> str:
-    header = ["config", "batch (P x K)", "memory (slots)", "mining", "iterations (with memory)",
-              "test R@1 (%)", "test MAP@R (%)", "untrained R@1 (%)", "best epoch", "s / run"]
+    header = [
+        "config",
+        "batch (P x K)",
+        "memory (slots)",
+        "mining",
+        "iterations (with memory)",
+        "test R@1 (%)",
+        "test MAP@R (%)",
+        "untrained R@1 (%)",
+        "best epoch",
+        "s / run",
+    ]
     rows = []
     for name, results in runs.items():
         if not results:
             continue
         first = results[0]
         memory = "none" if first.memory == "none" else f"{first.memory} ({first.memory_slots})"
-        rows.append([
-            name,
-            f"{first.batch_size} ({first.batch_size // first.samples_per_class} x {first.samples_per_class})",
-            memory,
-            first.mining,
-            f"{first.iterations} ({first.memory_iterations})",
-            fmt([r.recall_at_1 for r in results], scale=100),
-            fmt([r.map_at_r for r in results], scale=100),
-            fmt([r.untrained_recall_at_1 for r in results], scale=100),
-            fmt([float(r.best_epoch) for r in results], digits=1),
-            fmt([r.wall_seconds for r in results], digits=1),
-        ])
+        rows.append(
+            [
+                name,
+                f"{first.batch_size} ({first.batch_size // first.samples_per_class} x {first.samples_per_class})",
+                memory,
+                first.mining,
+                f"{first.iterations} ({first.memory_iterations})",
+                fmt([r.recall_at_1 for r in results], scale=100),
+                fmt([r.map_at_r for r in results], scale=100),
+                fmt([r.untrained_recall_at_1 for r in results], scale=100),
+                fmt([float(r.best_epoch) for r in results], digits=1),
+                fmt([r.wall_seconds for r in results], digits=1),
+            ]
+        )
     return markdown_table(header, rows)
 
 
-def comparison_table(runs: dict[str, list[RunResult]], pairs: list[tuple[str, str, str]], first_column: str) -> str | None:
+def comparison_table(
+    runs: dict[str, list[RunResult]], pairs: list[tuple[str, str, str]], first_column: str
+) -> str | None:
     rows = []
     for a, b, claim in pairs:
         if not runs.get(a) or not runs.get(b):
             continue
-        c = compare(runs, a, b, claim)
-        rows.append([
-            claim,
-            f"{a} − {b}",
-            fmt(c.deltas),
-            f"{c.wins}/{len(c.deltas)}",
-            f"{c.noise:.2f}",
-            c.verdict,
-        ])
+        c = compare(runs[a], runs[b])
+        rows.append(
+            [
+                claim,
+                f"{a} − {b}",
+                fmt(c.deltas),
+                f"{c.wins}/{len(c.deltas)}",
+                f"{c.noise:.2f}",
+                c.verdict,
+            ]
+        )
     if not rows:
         return None
     header = [first_column, "A − B", "Δ R@1 (points, mean ± std)", "seeds A > B", "noise (points)", "verdict"]
     return markdown_table(header, rows)
 
 
-def report(results: dict[str, dict[str, list[RunResult]]], epochs: dict[str, int], seeds: list[int], mining: str) -> str:
+def report(
+    results: dict[str, dict[str, list[RunResult]]], epochs: dict[str, int], seeds: list[int], mining: str
+) -> str:
     parts = []
     for dataset, runs in results.items():
         spec = DATASETS[dataset]
@@ -354,63 +350,72 @@ def report(results: dict[str, dict[str, list[RunResult]]], epochs: dict[str, int
     parts.append(
         "test R@1 / MAP@R: unseen test classes, best-on-validation checkpoint (summary.json); untrained R@1: the same "
         "test split before training; best epoch: 1-based, chosen on validation Recall@1; s / run: the whole fit "
-        "(untrained and final test evaluation, training, per-epoch validation, checkpoints). noise = max(seed std of A, "
-        "seed std of B, std of the paired Δ); |Δ| <= noise is \"within noise\""
-        + (" (one seed: no noise estimate, the verdict is the sign of Δ)." if len(seeds) < 2 else ".")
+        "(untrained and final test evaluation, training, per-epoch validation, checkpoints). "
+        + noise_note("A", "B", len(seeds))
     )
     return "\n".join(parts)
 
 
-def write_json(path: Path, results: dict[str, dict[str, list[RunResult]]], epochs: dict[str, int], seeds: list[int], mining: str, total_s: float) -> None:
+def write_json(
+    path: Path,
+    results: dict[str, dict[str, list[RunResult]]],
+    epochs: dict[str, int],
+    seeds: list[int],
+    mining: str,
+    total_s: float,
+) -> None:
     payload = {
-        "benchmark": "small_batch",
         "shared": SHARED,
         "datasets": {d: {**asdict(DATASETS[d]), "epochs": epochs[d]} for d in results},
         "configs": {name: {"batch_size": b, "memory": m} for name, (b, m) in CONFIGS.items()},
         "mining": mining,
         "seeds": seeds,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "total_seconds": total_s,
         "runs": {
-            dataset: {name: [{**asdict(r), "memory_iterations": r.memory_iterations} for r in rs] for name, rs in runs.items()}
+            dataset: {
+                name: [{**asdict(r), "memory_iterations": r.memory_iterations} for r in rs] for name, rs in runs.items()
+            }
             for dataset, runs in results.items()
         },
         "comparisons": {
             dataset: [
-                {**asdict(c), "mean": c.mean, "verdict": c.verdict}
+                {"a": a, "b": b, "claim": claim, **compare(runs[a], runs[b]).to_dict()}
                 for a, b, claim in CLAIMS + CONTROLS
                 if runs.get(a) and runs.get(b)
-                for c in [compare(runs, a, b, claim)]
             ]
             for dataset, runs in results.items()
         },
     }
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    write_json_file(path, "small_batch", payload)
 
 
 # ---- command line -------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Test Recall@1 at batch 16 with none / XBM / XBN / AXBN against batch 128 without a memory.",
+    parser = benchmark_parser(
+        "Test Recall@1 at batch 16 with none / XBM / XBN / AXBN against batch 128 without a memory.",
+        datasets=list(DATASETS),
+        seeds=3,
+        epochs=", ".join(f"{name} {spec.default_epochs}" for name, spec in DATASETS.items()),
+        threads="PyTorch, via torch.set_num_threads",
+        json_out="every run's numbers",
+        quick="1 seed, 1 epoch",
     )
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS),
-                        help="data sets (default: glyphs digits)")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="training epochs of every run (default: glyphs 10, digits 15)")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
-                        help="configurations to run (default: all five)")
-    parser.add_argument("--mining", choices=[*MINING_MODES, "default"], default="hard",
-                        help="mining for every config (default hard; 'default': the library's, hard with a memory, else all)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every run's numbers to this JSON file")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        default=list(CONFIGS),
+        help="configurations to run (default: all five)",
+    )
+    parser.add_argument(
+        "--mining",
+        choices=[*MINING_MODES, "default"],
+        default="hard",
+        help="mining for every config (default hard; 'default': the library's, hard with a memory, else all)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs = 1, 1
-    if args.seeds < 1 or (args.epochs is not None and args.epochs < 1):
-        parser.error("--seeds and --epochs must be positive")
     return args
 
 
@@ -429,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     results = run_all(args.datasets, args.configs, seeds, epochs, args.mining)
     total = time.perf_counter() - started
     print(report(results, epochs, seeds, args.mining))
-    print(f"\nTotal wall time: {total:.0f} s ({total / 60:.1f} min), {torch.get_num_threads()} torch threads.")
+    print(total_time_line(total))
     if args.json:
         write_json(args.json, results, epochs, seeds, args.mining, total)
         log_progress(f"raw numbers written to {args.json}")

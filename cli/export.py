@@ -48,7 +48,10 @@ def export(
         str | None,
         typer.Option(
             "--int8-for",
-            help=f"onnx: {' | '.join(INT8_TARGETS)}: tensorrt (symmetric, the default; also runs on onnxruntime), cpu (U8S8: onnxruntime's fast x86 path; TensorRT rejects it).",
+            help=(
+                f"onnx: {' | '.join(INT8_TARGETS)}: tensorrt (symmetric, the default; also runs on onnxruntime), "
+                "cpu (U8S8: onnxruntime's fast x86 path; TensorRT rejects it)."
+            ),
         ),
     ] = None,
     max_batch: Annotated[
@@ -67,7 +70,10 @@ def export(
         Path | None,
         typer.Option(
             "--timing-cache",
-            help="engine: timing cache file reused across builds (default: per GPU and TensorRT version under ~/.cache/edgedml).",
+            help=(
+                "engine: timing cache file reused across builds "
+                "(default: per GPU and TensorRT version under ~/.cache/edgedml)."
+            ),
         ),
     ] = None,
     deepstream: Annotated[
@@ -166,7 +172,8 @@ def _export_onnx(
         console.print(f"int8 for {target}, calibrated on {calibration.images} images of {origin}", soft_wrap=True)
     final = list(summary.files.values())[-1]
     console.print(
-        f"exported {escape(str(final.path))} ({final.size_bytes / 2**20:.2f} MiB); summary in {escape(str(summary.summary_path))}\n"
+        f"exported {escape(str(final.path))} ({final.size_bytes / 2**20:.2f} MiB); "
+        f"summary in {escape(str(summary.summary_path))}\n"
         f"next: edgedml bench {escape(str(final.path))}",
         soft_wrap=True,
     )
@@ -253,18 +260,22 @@ def _export_engine(
         else f"batch {result.batch.min}..{result.batch.max}"
     )
     console.print(
-        f"built {escape(str(result.path))} ({result.size_bytes / 2**20:.2f} MiB, {result.precision}, {batches}) in {result.build_seconds:.1f} s "
+        f"built {escape(str(result.path))} ({result.size_bytes / 2**20:.2f} MiB, {result.precision}, {batches}) "
+        f"in {result.build_seconds:.1f} s "
         f"with TensorRT {result.tensorrt_version} on {escape(result.gpu.name)}; min cosine to the fp32 ONNX "
-        f"{result.check['min_cosine']:.5f} on {result.check['images']} test images; sidecar {escape(result.sidecar.name)}",
+        f"{result.check['min_cosine']:.5f} on {result.check['images']} test images; "
+        f"sidecar {escape(result.sidecar.name)}",
         soft_wrap=True,
     )
     if result.deepstream:
         console.print(
-            f"DeepStream: {escape(result.deepstream['nvinfer'])}, {escape(result.deepstream['tracker'])} (net-scale-factor "
-            f"{result.deepstream['net_scale_factor']:.8f}; inputs within {result.deepstream['max_relative_input_error']:.2%} of training's)",
+            f"DeepStream: {escape(result.deepstream['nvinfer'])}, {escape(result.deepstream['tracker'])} "
+            f"(net-scale-factor {result.deepstream['net_scale_factor']:.8f}; "
+            f"inputs within {result.deepstream['max_relative_input_error']:.2%} of training's)",
             soft_wrap=True,
         )
     console.print(
-        f"next: edgedml bench {escape(str(result.path))}   (this engine runs only on {escape(result.gpu.name)} with TensorRT {result.tensorrt_version})",
+        f"next: edgedml bench {escape(str(result.path))}   "
+        f"(this engine runs only on {escape(result.gpu.name)} with TensorRT {result.tensorrt_version})",
         soft_wrap=True,
     )

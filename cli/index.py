@@ -27,7 +27,9 @@ def index(
         str,
         typer.Option(
             "--gallery",
-            help="Images to index: digits, glyphs, an image folder (root/<class>/<image>) or a CSV (path,label[,split]).",
+            help=(
+                "Images to index: digits, glyphs, an image folder (root/<class>/<image>) or a CSV (path,label[,split])."
+            ),
             show_default=False,
         ),
     ],
@@ -50,7 +52,10 @@ def index(
         int | None,
         typer.Option(
             "--pq-m",
-            help="IVF-PQ bytes per vector: sub-quantizers, dividing the dimension (default: one per dimension, at most 64).",
+            help=(
+                "IVF-PQ bytes per vector: sub-quantizers, dividing the dimension "
+                "(default: one per dimension, at most 64)."
+            ),
         ),
     ] = None,
     append: Annotated[

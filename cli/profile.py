@@ -53,7 +53,8 @@ def profile(
     setup_logging()
     from edgedml.budget.report import build_report, write_report
 
-    given = {key: value for key, value in locals().items() if key in TrainConfig.keys() and value is not None}
+    train_keys = set(TrainConfig.keys())
+    given = {key: value for key, value in locals().items() if key in train_keys and value is not None}
     if profile_name is not None:
         given["profile"] = profile_name
     with library_errors():
@@ -66,7 +67,8 @@ def profile(
         plan = report.plan
         console.print(
             f"[bold green]fits[/]: batch {plan['batch_size']}, memory {plan['memory_size']}: needs "
-            f"{format_bytes(plan['required_bytes'])} of {format_bytes(report.budget.available)} on {escape(report.device.name)}",
+            f"{format_bytes(plan['required_bytes'])} of {format_bytes(report.budget.available)} "
+            f"on {escape(report.device.name)}",
             soft_wrap=True,
         )
     else:

@@ -35,8 +35,16 @@ def list_profiles_command(json_output: JsonOption = False) -> None:
         print_json(profiles)
         return
     table = Table(title="device profiles", title_justify="left")
-    for column, justify in (("name", "left"), ("memory", "right"), ("integrated", "left"), ("CC", "left"),
-                            ("FP16/INT8/DLA", "left"), ("JetPack/TensorRT", "left"), ("description", "left")):  # fmt: skip
+    columns = (
+        ("name", "left"),
+        ("memory", "right"),
+        ("integrated", "left"),
+        ("CC", "left"),
+        ("FP16/INT8/DLA", "left"),
+        ("JetPack/TensorRT", "left"),
+        ("description", "left"),
+    )
+    for column, justify in columns:
         table.add_column(column, justify=justify, no_wrap=column != "description")
     for profile in profiles:
         table.add_row(

@@ -87,9 +87,12 @@ def quickstart(
         f"edgedml search {escape(str(index_dir))} {escape(str(queries[0]))} --top-k 5",
         f"edgedml bench {escape(str(shipped))} --batch 1,8,32",
         f"edgedml eval {escape(str(shipped))}",
-        f"edgedml export {escape(str(out / f's2sd-{STUDENT_DIM}d'))} --format engine --half --deepstream   (on the Jetson or GPU that will run it)",
-        f"edgedml profile --profile orin-nano-8gb --backbone mobilenetv2 --input-size 128 --batch-size auto --out {escape(str(out / 'orin-report'))}",
-        "edgedml train --data glyphs --batch-size 16 --samples-per-class 2 --memory axbn --memory-size 0.5 --memory-warmup 300 --out runs/glyphs",
+        f"edgedml export {escape(str(out / f's2sd-{STUDENT_DIM}d'))} --format engine --half --deepstream   "
+        "(on the Jetson or GPU that will run it)",
+        "edgedml profile --profile orin-nano-8gb --backbone mobilenetv2 --input-size 128 --batch-size auto "
+        f"--out {escape(str(out / 'orin-report'))}",
+        "edgedml train --data glyphs --batch-size 16 --samples-per-class 2 --memory axbn --memory-size 0.5 "
+        "--memory-warmup 300 --out runs/glyphs",
         "edgedml train --data path/to/images --backbone mobilenetv2 --input-size 128 --out runs/mine",
     ):
         console.print(f"  {command}", soft_wrap=True)
@@ -127,7 +130,8 @@ def _index_and_search(title: str, model: Path, out: Path) -> tuple[Path, list[Pa
         summary = build_index(model, str(gallery), out / "index", mode="overwrite")
         results = search(out / "index", queries, top_k=5)
     console.print(
-        f"indexed {summary.count} images of digits 5-9 in {summary.seconds:.1f} s ({summary.embedded_per_s:,.0f} images/s, "
+        f"indexed {summary.count} images of digits 5-9 in {summary.seconds:.1f} s "
+        f"({summary.embedded_per_s:,.0f} images/s, "
         f"{summary.bytes_per_vector:.0f} bytes per vector); index in {escape(str(out / 'index'))}",
         soft_wrap=True,
     )

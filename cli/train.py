@@ -136,7 +136,8 @@ def train(
     setup_logging(verbose)
     from edgedml.training import Trainer  # torch: imported by the command, not by edgedml --help
 
-    given = {key: value for key, value in locals().items() if key in TrainConfig.keys() and value is not None}
+    train_keys = set(TrainConfig.keys())
+    given = {key: value for key, value in locals().items() if key in train_keys and value is not None}
     progress = RichProgress(transient=False)
     with library_errors():
         try:

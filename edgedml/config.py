@@ -41,7 +41,8 @@ class TrainConfig:
     )
     hflip: bool = False  # (bool) random horizontal flips during training
     crop_scale: float | None = (
-        None  # (float) smallest area of the random resized crop (1.0 disables); None: per source (glyphs 1.0, others 0.6)
+        None  # (float) smallest area of the random resized crop (1.0 disables);
+        # None: per source (glyphs 1.0, others 0.6)
     )
     backbone: str = "tiny"  # (str) backbone name (edgedml models list), or timm:<name> when timm is installed
     weights: str | None = None  # (str) local backbone weight file (.safetensors); never downloaded
@@ -181,9 +182,10 @@ class TrainConfig:
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ConfigError(f"--batch-size must be a positive integer or auto, got {self.batch_size!r}")
         if self.batch_size % self.samples_per_class:
+            suggested = self.batch_size // self.samples_per_class * self.samples_per_class or self.samples_per_class * 2
             raise ConfigError(
                 f"--batch-size {self.batch_size} is not a multiple of --samples-per-class {self.samples_per_class}",
-                hint=f"use --batch-size {self.batch_size // self.samples_per_class * self.samples_per_class or self.samples_per_class * 2}",
+                hint=f"use --batch-size {suggested}",
             )
         if self.batch_size // self.samples_per_class < 2:
             raise ConfigError(
@@ -203,7 +205,8 @@ class TrainConfig:
             or (self.memory_size > 1 and not float(self.memory_size).is_integer())
         ):
             raise ConfigError(
-                f"--memory-size {self.memory_size}: give a whole count (> 1), a fraction in (0, 1] of the training set, or auto"
+                f"--memory-size {self.memory_size}: give a whole count (> 1), "
+                "a fraction in (0, 1] of the training set, or auto"
             )
         if self.memory_warmup < 0:
             raise ConfigError(f"--memory-warmup must be >= 0, got {self.memory_warmup}")

@@ -341,7 +341,10 @@ def write_jetson(
 def test_jetson_memory_comes_from_meminfo_with_nvmap(tmp_path):
     paths = write_jetson(
         tmp_path,
-        release="# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n",
+        release=(
+            "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, "
+            "DATE: Wed Jan  8 01:49:37 UTC 2025\n"
+        ),
     )
     memory = probe_jetson(
         paths["meminfo_path"], model_path=paths["model_path"], tegra_release_path=paths["tegra_release_path"]
@@ -370,7 +373,7 @@ def test_jetson_meminfo_without_nvmap(tmp_path):
 
 def test_jetson_meminfo_without_memavailable_is_unavailable(tmp_path):
     paths = write_jetson(tmp_path, meminfo="MemTotal:        7813156 kB\nMemFree:          912344 kB\n")
-    with pytest.raises(ProbeUnavailable, match="jetson: .* has no MemAvailable"):
+    with pytest.raises(ProbeUnavailable, match=r"jetson: .* has no MemAvailable"):
         probe_jetson(paths["meminfo_path"], model_path=paths["model_path"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def test_nonexistent_path_is_a_data_error(tmp_path):
 
 def test_existing_file_that_is_not_a_csv_is_a_data_error(tmp_path):
     path = write_png(tmp_path / "one.png")
-    with pytest.raises(DataError, match="not a folder or a .csv manifest"):
+    with pytest.raises(DataError, match=re.escape("not a folder or a .csv manifest")):
         load_source(str(path))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -130,7 +131,7 @@ def test_normalization_stored_in_fp16_fails_the_check_and_writes_nothing(large_n
     monkeypatch.setattr(precision, "keep_fp32_between", lambda model, blocked: None)
     for leftover in large_norm_run.glob("model*.onnx"):
         leftover.unlink()
-    with pytest.raises(ExportError, match="fp16 model disagrees with PyTorch: min cosine 0.0000"):
+    with pytest.raises(ExportError, match=re.escape("fp16 model disagrees with PyTorch: min cosine 0.0000")):
         export_onnx(large_norm_run, half=True, evaluate=False)
     assert no_leftovers(large_norm_run)
 
@@ -178,7 +179,8 @@ def test_half_and_int8_export_checked_scored_and_summarised(run_copy, trained):
     assert sizes[0] > sizes[1] > sizes[2]
     assert summary.files["int8"].check["min_cosine"] >= precision.INT8_MIN_COSINE
     assert summary.files["fp32"].recall_at_1 == pytest.approx(summary.reference["recall_at_1"], abs=1e-6)
-    # the run's own data: its training split (3 classes x 8 images after the validation carve-out), test classes untouched
+    # the run's own data: its training split (3 classes x 8 images after the validation carve-out),
+    # test classes untouched
     assert summary.calibration.to_dict() == {
         "data": str(trained.data),
         "split": "train",

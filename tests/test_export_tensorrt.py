@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -88,7 +89,10 @@ def fake_tensorrt(version: str = "10.3.0", fail_parse: bool = False, fail_build:
 
     class ParserError:
         def __str__(self):
-            return "In node 3 with name: /head/Unique and operator: Unique (importFallbackPluginImporter): UNSUPPORTED_NODE"
+            return (
+                "In node 3 with name: /head/Unique and operator: Unique (importFallbackPluginImporter): "
+                "UNSUPPORTED_NODE"
+            )
 
     class OnnxParser:
         def __init__(self, network, logger):
@@ -211,7 +215,7 @@ def on_this_gpu(monkeypatch):
 
 
 def test_tensorrt10_fp16_is_a_builder_flag_on_the_fp32_onnx_with_profile_workspace_and_timing_cache(exported, tmp_path):
-    run, onnx_path = exported
+    _run, onnx_path = exported
     trt = fake_tensorrt("10.3.0")
     cache = tmp_path / "cache" / "orin.timing-cache"
     cache.parent.mkdir()
@@ -236,7 +240,7 @@ def test_tensorrt10_int8_sets_int8_and_with_half_fp16_for_the_layers_outside_qdq
 
 
 def test_tensorrt11_is_strongly_typed_sets_no_precision_flag_and_builds_from_the_reduced_onnx(exported, tmp_path):
-    run, onnx_path = exported
+    _run, onnx_path = exported
     for precision in ("fp16", "int8"):
         plan = plan_precision(precision, 11)
         assert (plan.onnx_precision, plan.strongly_typed, plan.flags) == (precision, True, ())
@@ -325,7 +329,10 @@ def test_export_engine_writes_a_checked_engine_and_a_sidecar_naming_tensorrt_and
 
 
 def turn_first_embedding(embeddings: np.ndarray, cosine: float) -> np.ndarray:
-    """``embeddings`` with the first row turned, at its norm, by the angle whose cosine is ``cosine``; the others kept."""
+    """``embeddings`` with the first row turned, at its norm, by the angle whose cosine is ``cosine``.
+
+    The other rows are kept.
+    """
     turned = embeddings.astype(np.float64)
     row = turned[0]
     axis = np.zeros_like(row)
@@ -347,9 +354,16 @@ def test_the_engine_check_measures_the_cosine_to_the_onnx_and_rejects_a_disagree
     monkeypatch.setattr(
         trt_export.TensorRTEmbedder, "embed", lambda self, images: turn_first_embedding(embed(self, images), cosine)
     )
-    export = lambda: engine_export.export_engine(
-        run_copy, half=precision == "fp16", workspace="64MiB", timing_cache=run_copy / "t.cache", trt=fake_tensorrt()
-    )
+
+    def export():
+        return engine_export.export_engine(
+            run_copy,
+            half=precision == "fp16",
+            workspace="64MiB",
+            timing_cache=run_copy / "t.cache",
+            trt=fake_tensorrt(),
+        )
+
     if passes:
         check = read_sidecar(export().path)["check"]
         assert check["images"] == CHECKED
@@ -359,7 +373,10 @@ def test_the_engine_check_measures_the_cosine_to_the_onnx_and_rejects_a_disagree
     threshold = {"fp32": "0.9999", "fp16": "0.999"}[precision]
     with pytest.raises(
         ExportError,
-        match=rf"^the {precision} engine disagrees with the fp32 ONNX: min cosine {cosine:.4f} < {threshold} over {CHECKED} test images; nothing was written$",
+        match=(
+            rf"^the {precision} engine disagrees with the fp32 ONNX: min cosine {cosine:.4f} < {threshold} "
+            rf"over {CHECKED} test images; nothing was written$"
+        ),
     ):
         export()
     assert not (run_copy / "model.engine").exists() and not sidecar_path(run_copy / "model.engine").exists()
@@ -401,7 +418,7 @@ def test_a_sidecar_that_describes_another_engine_or_none_at_all_is_refused(run_c
     with pytest.raises(ModelError, match="describes another engine"):
         trt_export.TensorRTEmbedder(result.path, trt=trt)
     sidecar_path(result.path).unlink()
-    with pytest.raises(ConfigError, match="no model.engine.json beside it"):
+    with pytest.raises(ConfigError, match=re.escape("no model.engine.json beside it")):
         trt_export.TensorRTEmbedder(result.path, trt=trt)
 
 
@@ -449,7 +466,8 @@ def test_cli_without_tensorrt_checks_the_graph_then_says_how_to_install_it(cli, 
     result = cli("export", run_copy, "--format", "engine", "--workspace", "256MiB")
     assert result.exit_code == 1, str(result)
     assert result.error_lines == [
-        "error: TensorRT is not installed (import tensorrt failed); model.onnx written and every operator is one TensorRT 10 parses"
+        "error: TensorRT is not installed (import tensorrt failed); "
+        "model.onnx written and every operator is one TensorRT 10 parses"
     ]
     assert "pip install 'edgedml[tensorrt]'" in result.hint_lines[0]
     assert (run_copy / "model.onnx").is_file() and not (run_copy / "model.engine").exists()
@@ -615,7 +633,7 @@ def test_operator_check_names_each_unsupported_node_and_why():
 def test_operator_check_flags_an_opset_outside_the_parsers_range():
     model = _synthetic_model()
     model.opset_import[0].version = 8
-    assert [p.node for p in check_tensorrt_ops(model)][0] == "(model)"
+    assert check_tensorrt_ops(model)[0].node == "(model)"
 
 
 @pytest.mark.slow

@@ -76,7 +76,8 @@ def test_xbn_gives_the_memory_exactly_the_batch_moments():
 def test_kalman_filter_follows_the_equations_by_hand():
     """q = 1, r = 0.5, p0 = 1, |B| = 2 (r/|B| = 0.25), observations 1 then 3.
     step 1: P = 2, K = 2 / 2.25 = 8/9, u = 8/9, P = (1/9) * 2 = 2/9
-    step 2: P = 11/9, K = (11/9) / (11/9 + 1/4) = 44/53, u = 8/9 + 44/53 (3 - 8/9) = 8/9 + 44/53 * 19/9, P = (9/53)(11/9) = 11/53
+    step 2: P = 11/9, K = (11/9) / (11/9 + 1/4) = 44/53, u = 8/9 + 44/53 (3 - 8/9) = 8/9 + 44/53 * 19/9,
+            P = (9/53)(11/9) = 11/53
     with the gain held for 2 iterations, step 2 uses K = 8/9: u = 8/9 + 8/9 * 19/9, P = (1/9)(11/9) = 11/81
     """
     fresh = KalmanMoments(dim=1, q=1.0, r=0.5, p0=1.0, gain_interval=1)

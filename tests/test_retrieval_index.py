@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_cli_index_then_search_round_trip(cli, model, trained, tmp_path):
     assert len(hits) == 5 and [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
     assert hits[0]["path"] == str(query.resolve()) and hits[0]["label"] == "class4"
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
-    assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(hits))
     # the scores are the cosine similarities of the exported model's embeddings
     index = GalleryIndex.open(out)
     vectors = index.index.reconstruct_n(0, 60)

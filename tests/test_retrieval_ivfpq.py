@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import faiss
 import numpy as np
 import pytest
@@ -47,7 +49,7 @@ def test_default_parameters_and_refusals():
         resolve_params(IndexParams("ivfpq"), 5000, 64)
     with pytest.raises(ConfigError, match="--pq-m 7 must divide"):
         resolve_params(IndexParams("ivfpq", pq_m=7), COUNT, DIM)
-    with pytest.raises(ConfigError, match="--nprobe 400 must lie in 1..nlist"):
+    with pytest.raises(ConfigError, match=re.escape("--nprobe 400 must lie in 1..nlist")):
         resolve_params(IndexParams("ivf", nprobe=400), COUNT, DIM)
 
 

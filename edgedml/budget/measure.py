@@ -1,28 +1,49 @@
-"""Measuring real peaks on a CUDA device, to check the planner's predictions against the allocator.
+"""Measuring the real peak of a training step, to check the planner's predictions (docs/methods.md §5).
 
-Each measurement builds the configuration's real model, optimizer and loss on the GPU, runs two
-steps (so the optimizer state exists, as in steady state), resets the allocator's peak counter,
-runs one more step and reads ``torch.cuda.max_memory_allocated`` above what was allocated before.
+Each measurement builds the configuration's real model, optimizer and loss, runs two steps (so the
+optimizer state exists, as in steady state), then measures a third:
+
+- on ``cuda``: the allocator's counters, reset before it: ``torch.cuda.max_memory_allocated`` (what the
+  planner predicts) and ``torch.cuda.max_memory_reserved`` (what the caching allocator holds, rounding
+  and fragmentation included: what a Jetson's shared RAM pays), both above what was held before;
+- on ``cpu``: the step's allocation timeline on real tensors (:mod:`edgedml.budget.trace`) plus the
+  persistent state, a proxy that checks the tracing, not a CUDA allocator (there is no "reserved").
 """
 
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
 
 import torch
 
+from edgedml.budget.trace import AllocationTimeline
 from edgedml.config import TrainConfig
 from edgedml.models import build_model
 from edgedml.objective import StepOutputs, build_network, build_objective, make_optimizer
 
 
-def measure_cuda_peak(config: TrainConfig, input_size: int, batch_size: int, memory_size: int = 0) -> int:
-    """Peak bytes allocated by one steady-state training step on ``cuda`` (persistent state included)."""
-    device = torch.device("cuda")
-    gc.collect()
-    torch.cuda.empty_cache()
-    baseline = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
+@dataclass(frozen=True)
+class MeasuredStep:
+    """Peak bytes of one steady-state step, persistent state included."""
+
+    allocated: int  # CUDA max_memory_allocated, or the CPU allocation timeline's peak
+    reserved: int | None  # CUDA max_memory_reserved; None on a CPU
+    how: str  # how ``allocated`` was measured
+
+
+def measure_step(
+    config: TrainConfig, input_size: int, batch_size: int, memory_size: int = 0, device: str = "cuda"
+) -> MeasuredStep:
+    """One steady-state training step of ``config`` at ``batch_size`` (and ``memory_size`` slots), measured on
+    ``device``."""
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        allocated_before, reserved_before = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
     network = build_network(config, build_model(config.backbone, config.dim)).to(device)
     optimizer = make_optimizer(network, config)
     objective = build_objective(config, memory_size).to(device)
@@ -30,11 +51,12 @@ def measure_cuda_peak(config: TrainConfig, input_size: int, batch_size: int, mem
         objective.memory_loss.fill_at_random(memory_size, config.samples_per_class)
     images = torch.randn(batch_size, 3, input_size, input_size, device=device)
     labels = torch.arange(batch_size, device=device) // config.samples_per_class
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and on_cuda)
+    amp_dtype = torch.float16 if on_cuda else torch.bfloat16
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=config.amp):
+        with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=config.amp):
             embeddings, features, aux = network(images)
         scaler.scale(objective(StepOutputs(embeddings, features, aux, images), labels)).backward()
         scaler.step(optimizer)
@@ -42,11 +64,24 @@ def measure_cuda_peak(config: TrainConfig, input_size: int, batch_size: int, mem
 
     step()
     step()
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    step()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - baseline
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return MeasuredStep(
+            torch.cuda.max_memory_allocated(device) - allocated_before,
+            torch.cuda.max_memory_reserved(device) - reserved_before,
+            "cuda max_memory_allocated",
+        )
+    persistent = [*network.parameters(), *network.buffers(), *objective.buffers(), images]
+    persistent += [
+        value for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)
+    ]
+    with AllocationTimeline() as timeline:
+        step()
+    held = sum(tensor.numel() * tensor.element_size() for tensor in persistent)
+    return MeasuredStep(held + timeline.peak_bytes(), None, "cpu allocation timeline (proxy)")
 
 
 def fit_line(points: list[tuple[int, int]]) -> tuple[float, float]:

@@ -134,7 +134,7 @@ class StepTracer:
         self.optimizer.zero_grad(set_to_none=True)
         amp_dtype = torch.float16 if self.device == "cuda" else torch.bfloat16
         with torch.autocast(self.device, dtype=amp_dtype, enabled=self.config.amp):
-            embeddings, features, aux = self.network(images)
+            embeddings, _features, aux = self.network(images)
         after_forward = timeline.mark() if timeline is not None else 0
         # A stand-in loss drives the backward pass through every output; the real one is traced apart.
         stand_in = embeddings.float().square().mean() + sum(a.float().square().mean() for a in aux)
@@ -253,7 +253,10 @@ class StepTracer:
 
 
 def _lagrange(samples: list[tuple[int, list[int]]], x: int) -> list[int]:
-    """Each event's size at ``x`` from its sizes at the sample points (exact for polynomials of degree < len(samples))."""
+    """Each event's size at ``x`` from its sizes at the sample points.
+
+    Exact for polynomials of degree < len(samples).
+    """
     weights = []
     for i, (xi, _) in enumerate(samples):
         weight = 1.0
@@ -417,9 +420,12 @@ def _nothing_fits(smallest: StepEstimate, budget: Budget, option: str) -> None:
     need = budget.required(smallest)
     raise ConfigError(
         f"nothing fits: batch {smallest.batch_size} with memory {smallest.memory_size} needs {format_bytes(need)} "
-        f"(peak {format_bytes(smallest.peak)} + fixed {format_bytes(budget.fixed)} + {budget.safety_margin:.0%} margin), "
+        f"(peak {format_bytes(smallest.peak)} + fixed {format_bytes(budget.fixed)} "
+        f"+ {budget.safety_margin:.0%} margin), "
         f"the budget is {format_bytes(budget.available)} ({budget.source})",
-        hint=f"raise --budget, lower {option}, --input-size or --dim, use a smaller --backbone, or enable --amp on CUDA",
+        hint=(
+            f"raise --budget, lower {option}, --input-size or --dim, use a smaller --backbone, or enable --amp on CUDA"
+        ),
     )
 
 

@@ -24,6 +24,7 @@ torch is imported inside the functions that need it, never at module level.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from collections.abc import Mapping
@@ -202,10 +203,8 @@ def probe_nvml(index: int = 0, uuid: str | None = None) -> DeviceMemory:
     except pynvml.NVMLError as exc:
         raise ProbeUnavailable(f"nvml: {_describe(exc)}") from None
     finally:
-        try:
+        with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
 
 
 def probe_jetson(

@@ -149,7 +149,10 @@ def validate_profile(values: dict[Any, Any], origin: str) -> dict[str, Any]:
     if missing:
         raise ConfigError(
             f"{origin}: missing {', '.join(missing)}",
-            hint="every key is required (null where allowed); start from a shipped one: edgedml profiles show orin-nano-8gb",
+            hint=(
+                "every key is required (null where allowed); "
+                "start from a shipped one: edgedml profiles show orin-nano-8gb"
+            ),
         )
     clean: dict[str, Any] = {}
     for key, value in values.items():

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from edgedml.budget.device import DeviceMemory
-from edgedml.budget.measure import fit_line, measure_cuda_peak
+from edgedml.budget.measure import fit_line, measure_step
 from edgedml.budget.planner import Budget, StepTracer, device_for, make_budget, plan_training
 from edgedml.config import AUTO, TrainConfig
 from edgedml.data import class_disjoint_split, load_source
@@ -163,7 +163,7 @@ def _memory_curve(tracer, budget, batch_size: int, chosen: int, train_images: in
 def _measured(config: TrainConfig, input_size: int, tracer: StepTracer, memory_size: int) -> list[dict[str, Any]]:
     rows = []
     for batch_size in (config.samples_per_class * 2, config.samples_per_class * 4, config.samples_per_class * 8):
-        measured = measure_cuda_peak(config, input_size, batch_size, memory_size)
+        measured = measure_step(config, input_size, batch_size, memory_size, "cuda").allocated
         predicted = tracer.estimate(batch_size, memory_size).peak
         rows.append(
             {
@@ -234,13 +234,14 @@ def _plots(report: Report, out_dir: Path) -> list[Path]:
     if breakdown:
         figure, axes = plt.subplots(figsize=(7, 3.6))
         margin = report.plan["required_bytes"] - report.budget.fixed - report.plan["estimate"]["peak"]
-        names = list(breakdown) + ["CUDA context", "safety margin"]
+        names = [*breakdown, "CUDA context", "safety margin"]
         values = [breakdown[n] / MIB for n in breakdown] + [report.budget.fixed / MIB, margin / MIB]
         axes.barh(names, values, color="tab:blue")
         axes.invert_yaxis()
         axes.set_xlabel("MiB")
         axes.set_title(
-            f"where the {format_bytes(report.plan['required_bytes'])} go (batch {report.plan['batch_size']}, memory {report.plan['memory_size']})"
+            f"where the {format_bytes(report.plan['required_bytes'])} go "
+            f"(batch {report.plan['batch_size']}, memory {report.plan['memory_size']})"
         )
         axes.grid(alpha=0.3, axis="x")
         figure.tight_layout()
@@ -325,7 +326,8 @@ def _markdown(report: Report, plots: list[str]) -> str:
     if report.measured:
         lines += ["| batch | memory | measured MiB | predicted MiB | error |", "|---:|---:|---:|---:|---:|"]
         lines += [
-            f"| {m['batch_size']} | {m['memory_size']} | {m['measured'] / MIB:.1f} | {m['predicted'] / MIB:.1f} | {m['error']:+.1%} |"
+            f"| {m['batch_size']} | {m['memory_size']} | {m['measured'] / MIB:.1f} | {m['predicted'] / MIB:.1f} "
+            f"| {m['error']:+.1%} |"
             for m in report.measured
         ]
         line = report.measured_line
@@ -354,4 +356,7 @@ def _markdown(report: Report, plots: list[str]) -> str:
 
 def _curve_row(point: dict[str, int], budget: Budget) -> str:
     fits = "yes" if point["required"] <= budget.available else "no"
-    return f"| {point['batch_size']} | {point['memory_size']} | {point['peak'] / MIB:.1f} | {point['required'] / MIB:.1f} | {fits} |"
+    return (
+        f"| {point['batch_size']} | {point['memory_size']} | {point['peak'] / MIB:.1f} "
+        f"| {point['required'] / MIB:.1f} | {fits} |"
+    )

@@ -1,4 +1,7 @@
-"""Writing samples to disk as an image folder (``root/<class>/<image>.png``), the layout ``--data`` and ``--gallery`` read."""
+"""Writing samples to disk as an image folder (``root/<class>/<image>.png``).
+
+That is the layout ``--data`` and ``--gallery`` read.
+"""
 
 from __future__ import annotations
 

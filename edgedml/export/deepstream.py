@@ -69,9 +69,12 @@ class DeepStreamFiles:
 def _header(info: ModelInfo, norm: Normalization, comment: str) -> list[str]:
     exact = ", ".join(f"{value:.8f}" for value in norm.exact_scales)
     return [
-        f"{comment} Written by edgedml export --deepstream: {info.backbone or 'embedding'} model, {info.dim}-d L2-normalized embeddings, "
-        f"{info.input_size}x{info.input_size} {info.color_order} input, resized without keeping the aspect ratio (as in training).",
-        f"{comment} Normalization: offsets = 255 * mean; one net scale factor stands in for the per-channel 1 / (255 * std) = [{exact}],",
+        f"{comment} Written by edgedml export --deepstream: {info.backbone or 'embedding'} model, "
+        f"{info.dim}-d L2-normalized embeddings, "
+        f"{info.input_size}x{info.input_size} {info.color_order} input, "
+        "resized without keeping the aspect ratio (as in training).",
+        f"{comment} Normalization: offsets = 255 * mean; "
+        f"one net scale factor stands in for the per-channel 1 / (255 * std) = [{exact}],",
         f"{comment} chosen to minimize the worst channel's error: inputs differ from training's by at most "
         f"{norm.max_relative_error:.2%} (relative).",
     ]
@@ -88,8 +91,10 @@ def nvinfer_config(
 ) -> str:
     """A Gst-nvinfer config file: the model as a secondary embedder on the primary detector's objects."""
     norm = deepstream_normalization(info.mean, info.std)
-    lines = _header(info, norm, "#") + [
-        "# The embedding is attached to each object as NvDsInferTensorMeta (output-tensor-meta=1); read it in a pad probe.",
+    lines = [
+        *_header(info, norm, "#"),
+        "# The embedding is attached to each object as NvDsInferTensorMeta (output-tensor-meta=1); "
+        "read it in a pad probe.",
         "[property]",
         "gpu-id=0",
         f"onnx-file={onnx.resolve()}",
@@ -119,7 +124,8 @@ def tracker_reid_config(
     norm = deepstream_normalization(info.mean, info.std)
     workspace_mib = workspace_bytes >> 20 if workspace_bytes else DEFAULT_TRACKER_WORKSPACE_MIB
     offsets = ", ".join(f"{value:.4f}" for value in norm.offsets)
-    lines = _header(info, norm, "#") + [
+    lines = [
+        *_header(info, norm, "#"),
         "# Paste this section into the tracker's YAML (ll-config-file of [tracker]).",
         "ReID:",
         "  reidType: 2  # 1 NvDeepSORT association, 2 re-association (NvDCF), 3 both",

@@ -232,7 +232,8 @@ def _tensorrt_after(summary: ExportSummary) -> ModuleType:
 def _onnx_for(plan: PrecisionPlan, summary: ExportSummary, tensorrt_version: str) -> Path:
     if plan.onnx_precision not in summary.files:
         raise ExportError(
-            f"TensorRT {tensorrt_version} builds {plan.precision} from the {plan.onnx_precision} ONNX, which was not exported"
+            f"TensorRT {tensorrt_version} builds {plan.precision} from the {plan.onnx_precision} ONNX, "
+            "which was not exported"
         )
     return Path(summary.files[plan.onnx_precision].path)
 
@@ -240,7 +241,10 @@ def _onnx_for(plan: PrecisionPlan, summary: ExportSummary, tensorrt_version: str
 def _write_checked_engine(
     engine_path: Path, build: EngineBuild, sidecar: dict[str, Any], trt: ModuleType, reference_onnx: Path, run_dir: Path
 ) -> dict[str, float]:
-    """Write the engine to a temporary file, run it against the fp32 ONNX, rename it only if it agrees; then the sidecar."""
+    """Write the engine to a temporary file, run it against the fp32 ONNX, rename it only if it agrees.
+
+    Then write the sidecar.
+    """
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(build.engine)
         check = check_engine(

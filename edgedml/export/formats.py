@@ -24,7 +24,8 @@ class Format:
 FORMATS: dict[str, Format] = {
     "onnx": Format(
         frozenset({"batch", "dynamic", "opset", "half", "int8", "calib_data", "int8_for"}),
-        "ONNX fp32 (+ fp16 / int8 Q/DQ copies), checked with onnxruntime against PyTorch, Recall@1 of each on the test classes",
+        "ONNX fp32 (+ fp16 / int8 Q/DQ copies), checked with onnxruntime against PyTorch, "
+        "Recall@1 of each on the test classes",
     ),
     "engine": Format(
         frozenset(
@@ -42,7 +43,8 @@ FORMATS: dict[str, Format] = {
                 "deepstream",
             }
         ),
-        "TensorRT engine built on this GPU from the checked ONNX; sidecar model.engine.json records TensorRT version and GPU",
+        "TensorRT engine built on this GPU from the checked ONNX; "
+        "sidecar model.engine.json records TensorRT version and GPU",
     ),
 }
 

@@ -338,7 +338,8 @@ def _export_int8(
     calibration.images = reader.used
     if reader.used < precision.CALIBRATION_WARN:
         warning_lines.append(
-            f"int8 calibrated on {reader.used} images (fewer than {precision.CALIBRATION_WARN}): its ranges may not cover the images it will see"
+            f"int8 calibrated on {reader.used} images (fewer than {precision.CALIBRATION_WARN}): "
+            "its ranges may not cover the images it will see"
         )
         log.warning("%s", warning_lines[-1])
     check = _check_reduced(written, images, expected, "int8", precision.INT8_MIN_COSINE)

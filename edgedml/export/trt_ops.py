@@ -121,9 +121,14 @@ def _node_problem(node: Any, opset: int, constants: dict[str, Any], version: tup
         kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [])
         if kernel and len(kernel) not in (2, 3):
             return f"{len(kernel)}D pooling; TensorRT pools in 2D or 3D only"
-    if node.op_type in _REDUCE_AXES_INPUT and opset >= _REDUCE_AXES_INPUT[node.op_type]:
-        if len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
-            return f"axes input {node.input[1]!r} is computed at run time; TensorRT needs constant axes"
+    if (
+        node.op_type in _REDUCE_AXES_INPUT
+        and opset >= _REDUCE_AXES_INPUT[node.op_type]
+        and len(node.input) > 1
+        and node.input[1]
+        and node.input[1] not in constants
+    ):
+        return f"axes input {node.input[1]!r} is computed at run time; TensorRT needs constant axes"
     return None
 
 

@@ -1,4 +1,7 @@
-"""Retrieval with exported models: a FAISS gallery index, search in it, and evaluation of any model on its run's split."""
+"""Retrieval with exported models.
+
+A FAISS gallery index, search in it, and evaluation of any model on its run's split.
+"""
 
 from edgedml.retrieval.evaluate import SplitSettings, evaluate_model, split_settings
 from edgedml.retrieval.index import GalleryIndex, IndexMode, IndexSummary, build_index

@@ -189,7 +189,9 @@ MAX_DEFAULT_PQ_M = 64
 
 
 def default_pq_m(dim: int) -> int:
-    """One one-byte sub-quantizer per dimension (4x smaller than flat), at most 64 bytes: the largest divisor of dim <= 64.
+    """One one-byte sub-quantizer per dimension (4x smaller than flat), at most 64 bytes.
+
+    That is the largest divisor of dim <= 64.
 
     On the generated 100k x 64 galleries of ``benchmarks/retrieval.py`` two dimensions per byte (m = 32)
     levels off at 0.88-0.92 of exact search's top 10 whatever nprobe (the codes' error, not the cells,
@@ -385,7 +387,8 @@ def check_same_model(meta: dict[str, Any], info: ModelInfo, digest: str, source:
     if strict or not same_run:
         raise ModelError(
             f"{source} is not the model that built the index (sha256 {digest[:12]} vs {model['sha256'][:12]}, "
-            f"dim {info.dim} vs {model['info'].get('dim')}, config {info.config_hash or '?'} vs {model['info'].get('config_hash') or '?'})",
+            f"dim {info.dim} vs {model['info'].get('dim')}, "
+            f"config {info.config_hash or '?'} vs {model['info'].get('config_hash') or '?'})",
             hint=f"use the index's model {model['path']}, or build a new index with this one",
         )
     log.warning(

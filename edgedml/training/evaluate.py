@@ -28,7 +28,10 @@ def embed_samples(
     batch_size: int = 256,
     workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (N, dim) normalized embeddings and (N,) integer labels (classes in sorted order) of the readable images."""
+    """Return (N, dim) normalized embeddings and (N,) integer labels of the readable images.
+
+    Labels follow the classes in sorted order.
+    """
     was_training = model.training
     model.eval()
     try:

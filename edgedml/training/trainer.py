@@ -175,7 +175,8 @@ class Trainer:
             total_steps = config.epochs * self.steps_per_epoch
             if config.memory_warmup >= total_steps:
                 log.warning(
-                    "--memory-warmup %d >= the run's %d iterations: the memory will never be used (lower --memory-warmup)",
+                    "--memory-warmup %d >= the run's %d iterations: "
+                    "the memory will never be used (lower --memory-warmup)",
                     config.memory_warmup,
                     total_steps,
                 )
@@ -354,7 +355,9 @@ class Trainer:
             planned = f"; the plan predicted a peak of {format_bytes(self.plan.estimate.peak)}" if self.plan else ""
             raise TrainingError(
                 f"CUDA out of memory at epoch {self.progress.epoch + 1}, step {self.progress.step + 1}{planned}",
-                hint=f"lower --batch-size or --memory-size, or raise --budget; {self.run.last} holds the last checkpoint",
+                hint=(
+                    f"lower --batch-size or --memory-size, or raise --budget; {self.run.last} holds the last checkpoint"
+                ),
             ) from None
 
     def _end_epoch(self) -> None:
