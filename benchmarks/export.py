@@ -61,8 +61,8 @@ from typing import Any
 
 import torch
 from benchmark_tools import benchmark_parser, log_progress, markdown_table
-from edgedml.cli.quickstart import QUICKSTART
 
+from edgedml.cli.quickstart import QUICKSTART
 from edgedml.config import TrainConfig
 from edgedml.export.bench import BatchTiming, bench_inputs, environment, time_calls, torch_threads, warm_up
 from edgedml.export.onnx import export_onnx

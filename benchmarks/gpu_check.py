@@ -30,6 +30,7 @@ run it from the repository root with the output folder under ``$OUT``.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -325,26 +326,7 @@ def budget(check: Check) -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgedml-gpu-check-") as scratch:
         for text in budgets:
-            cfg = train_config({**base, "batch_size": "auto", "budget": text}, check.device)
-            _reset_cuda()
-            trainer = Trainer(cfg, Path(scratch) / f"auto-{text}")
-            summary = trainer.fit()
-            row = {
-                "budget": text,
-                "batch_chosen": trainer.config.batch_size,
-                "predicted_peak_mib": trainer.plan.estimate.peak / MIB,
-                "required_mib": trainer.plan.budget.required(trainer.plan.estimate) / MIB,
-                "steps": summary["epochs"] * trainer.steps_per_epoch,
-            }
-            if check.device == "cuda":
-                budget_bytes = trainer.plan.budget.available
-                row |= {
-                    "allocated_peak_mib": torch.cuda.max_memory_allocated() / MIB,
-                    "reserved_peak_mib": torch.cuda.max_memory_reserved() / MIB,
-                    "below_budget": torch.cuda.max_memory_reserved() + trainer.plan.budget.fixed <= budget_bytes,
-                }
-            rows.append(row)
-            _release_cap()
+            rows.append(_fit_budget(check, base, text, Path(scratch) / f"auto-{text}"))
         refused = None
         try:
             too_big = {"batch_size": 128 if check.dry_run else 1024, "budget": "16MiB" if check.dry_run else "1GiB"}
@@ -363,12 +345,47 @@ def budget(check: Check) -> dict[str, Any]:
                 overrun = "no error: the squeezed cap did not stop the run (a finding)"
             except TrainingError as exc:
                 overrun = f"{exc.message} | hint: {exc.hint}"
+            except torch.cuda.OutOfMemoryError as exc:
+                overrun = f"a raw OutOfMemoryError escaped the trainer (a finding): {str(exc).splitlines()[0]}"
             finally:
+                del trainer
                 _release_cap()
     return {"rows": rows, "nothing_fits": refused, "in_process_overrun": overrun}
 
 
+def _fit_budget(check: Check, base: dict[str, Any], budget_text: str, run_dir: Path) -> dict[str, Any]:
+    """``train --batch-size auto --budget B``: the plan's choice and, on CUDA, the peaks of its real steps."""
+    from edgedml.training import Trainer
+
+    row: dict[str, Any] = {"budget": budget_text}
+    _reset_cuda()
+    try:
+        trainer = Trainer(train_config({**base, "batch_size": "auto", "budget": budget_text}, check.device), run_dir)
+        summary = trainer.fit()
+        plan = trainer.plan
+        row |= {
+            "batch_chosen": trainer.config.batch_size,
+            "predicted_peak_mib": plan.estimate.peak / MIB,
+            "required_mib": plan.budget.required(plan.estimate) / MIB,
+            "steps": summary["epochs"] * trainer.steps_per_epoch,
+        }
+        if check.device == "cuda":
+            reserved = torch.cuda.max_memory_reserved()
+            row |= {
+                "allocated_peak_mib": torch.cuda.max_memory_allocated() / MIB,
+                "reserved_peak_mib": reserved / MIB,
+                "below_budget": reserved + plan.budget.fixed <= plan.budget.available,
+            }
+        del trainer, summary
+    except Exception as exc:  # an out-of-memory here is what this section exists to find: record it
+        row["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    finally:
+        _release_cap()
+    return row
+
+
 def _reset_cuda() -> None:
+    gc.collect()  # the previous run's model, optimizer and memory go before the counters restart
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -436,24 +453,7 @@ def commands(check: Check) -> dict[str, Any]:
     ]
     rows = []
     for name, arguments in steps:
-        began = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "edgedml.cli.main", *arguments],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=300,
-        )
-        row: dict[str, Any] = {
-            "step": name,
-            "exit_code": done.returncode,
-            "seconds": round(time.perf_counter() - began, 1),
-        }
-        if done.returncode == 0:
-            row["summary"] = _command_summary(name, json.loads(done.stdout))
-        else:
-            row["summary"] = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        rows.append(row)
+        rows.append(_run_command(check, name, arguments))
     providers = None
     try:
         import onnxruntime
@@ -468,6 +468,23 @@ def commands(check: Check) -> dict[str, Any]:
         else "onnxruntime has no CUDA provider here: the ONNX bench ran on the CPU"
     )
     return {"rows": rows, "onnxruntime_providers": providers, "onnx_on_gpu": cuda_provider, "note": note}
+
+
+def _run_command(check: Check, name: str, arguments: list[str]) -> dict[str, Any]:
+    """One ``edgedml`` command as a subprocess, within what is left of the time limit."""
+    began = time.perf_counter()
+    left = max(10.0, check.time_limit - (began - check.started))
+    command = [sys.executable, "-m", "edgedml.cli.main", *arguments]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=left)
+    except subprocess.TimeoutExpired:
+        return {"step": name, "exit_code": None, "seconds": round(left, 1), "summary": f"stopped after {left:.0f} s"}
+    row: dict[str, Any] = {"step": name, "exit_code": done.returncode, "seconds": round(time.perf_counter() - began, 1)}
+    if done.returncode == 0:
+        row["summary"] = _command_summary(name, json.loads(done.stdout))
+    else:
+        row["summary"] = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return row
 
 
 def _command_summary(name: str, data: Any) -> str:

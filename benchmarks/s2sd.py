@@ -101,9 +101,9 @@ from benchmark_tools import (
 from benchmark_tools import (
     fmt_mean_std as fmt,
 )
-from edgedml.cli.quickstart import QUICKSTART
 
 from edgedml.budget.planner import StepTracer
+from edgedml.cli.quickstart import QUICKSTART
 from edgedml.config import TrainConfig
 from edgedml.data import prepare_data
 from edgedml.training import Trainer

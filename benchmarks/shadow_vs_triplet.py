@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 from benchmark_tools import benchmark_parser, fmt_mean_std, log_progress, markdown_table, write_json_file
-from edgedml.cli.quickstart import QUICKSTART
 
+from edgedml.cli.quickstart import QUICKSTART
 from edgedml.config import MINING_MODES, TrainConfig
 from edgedml.progress import Progress
 from edgedml.training import Trainer

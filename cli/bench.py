@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from edgedml.cli.common import JsonOption, console, fail, library_errors, print_json, setup_logging
-from edgedml.cli.progress import RichProgress
 from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from edgedml.cli.common import JsonOption, console, fail, library_errors, print_json, setup_logging
+from edgedml.cli.progress import RichProgress
 from edgedml.io import write_json
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from edgedml.cli.common import JsonOption, RunDirArgument, console, fail, library_errors, print_json, setup_logging
-from edgedml.cli.progress import RichProgress
 from rich.markup import escape
 from rich.table import Table
 
+from edgedml.cli.common import JsonOption, RunDirArgument, console, fail, library_errors, print_json, setup_logging
+from edgedml.cli.progress import RichProgress
 from edgedml.export.formats import FORMATS, INT8_TARGETS, check_export_options
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+
 from edgedml.cli.common import JsonOption, console, fail, library_errors, print_json, setup_logging
 from edgedml.cli.progress import RichProgress
-from rich.markup import escape
 
 ModelArgument = Annotated[
     Path, typer.Argument(help="An exported model (.onnx, TensorRT .engine) or a run directory.", show_default=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
+from edgedml import __version__
 from edgedml.cli.bench import bench
 from edgedml.cli.eval import evaluate
 from edgedml.cli.export import export
@@ -14,8 +16,6 @@ from edgedml.cli.profiles import profiles_app
 from edgedml.cli.quickstart import quickstart
 from edgedml.cli.search import search
 from edgedml.cli.train import train
-
-from edgedml import __version__
 
 app = typer.Typer(
     name="edgedml",

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from edgedml.cli.common import DataOption, JsonOption, console, library_errors, print_json, setup_logging
 from rich.markup import escape
 
+from edgedml.cli.common import DataOption, JsonOption, console, library_errors, print_json, setup_logging
 from edgedml.config import TrainConfig
 from edgedml.units import format_bytes
 

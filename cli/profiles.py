@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from edgedml.cli.common import JsonOption, console, library_errors, print_json
 from rich.markup import escape
 from rich.table import Table
 
 from edgedml.budget.profiles import PROFILE_KEYS, list_profiles, read_profile
+from edgedml.cli.common import JsonOption, console, library_errors, print_json
 
 profiles_app = typer.Typer(
     name="profiles",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from edgedml.cli.common import err_console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -15,6 +14,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichBars
 
+from edgedml.cli.common import err_console
 from edgedml.progress import Progress
 
 
@@ -35,7 +35,7 @@ class RichProgress(Progress):
             transient=transient,
             disable=hidden,
         )
-        self.transient = transient
+        self.transient, self.hidden = transient, hidden
         self.task: TaskID | None = None
 
     def __enter__(self) -> RichProgress:
@@ -60,7 +60,8 @@ class RichProgress(Progress):
         self.bars.update(self.task, advance=count, **fields)
 
     def note(self, message: str) -> None:
-        self.bars.console.print(escape(message), highlight=False)
+        if not self.hidden:
+            self.bars.console.print(escape(message), highlight=False)
 
     def close(self) -> None:
         self.bars.stop()

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from edgedml.cli.common import console, library_errors, metric_rows, metrics_table, setup_logging
-from edgedml.cli.export import export_table
-from edgedml.cli.progress import RichProgress
 from rich.markup import escape
 from rich.table import Table
 
+from edgedml.cli.common import console, library_errors, metric_rows, metrics_table, setup_logging
+from edgedml.cli.export import export_table
+from edgedml.cli.progress import RichProgress
 from edgedml.config import TrainConfig
 
 # Tuned for 2 CPU cores: 5 training digits x 12 images per batch, 32 px, the tiny backbone.

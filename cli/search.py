@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from edgedml.cli.common import JsonOption, console, fail, library_errors, print_json, setup_logging
-from edgedml.cli.index import DeviceOption, RuntimeOption
 from rich.markup import escape
 from rich.table import Table
+
+from edgedml.cli.common import JsonOption, console, fail, library_errors, print_json, setup_logging
+from edgedml.cli.index import DeviceOption, RuntimeOption
 
 
 def search(

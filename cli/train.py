@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+
 from edgedml.cli.common import (
     DataOption,
     JsonOption,
@@ -18,8 +20,6 @@ from edgedml.cli.common import (
     setup_logging,
 )
 from edgedml.cli.progress import RichProgress
-from rich.markup import escape
-
 from edgedml.config import TrainConfig
 
 
@@ -138,7 +138,7 @@ def train(
 
     train_keys = set(TrainConfig.keys())
     given = {key: value for key, value in locals().items() if key in train_keys and value is not None}
-    progress = RichProgress(transient=False)
+    progress = RichProgress(transient=False, hidden=json_output)
     with library_errors():
         try:
             if resume is not None:

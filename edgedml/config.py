@@ -32,25 +32,16 @@ class TrainConfig:
     """Every knob of ``edgedml train``. Field comments are the YAML documentation."""
 
     data: str = "digits"  # (str) digits | path to an image folder (root/<class>/<image>) | path to a CSV manifest
-    train_classes: float = (
-        0.5  # (float) fraction of classes (sorted by name) used for training; the rest is the unseen test set
-    )
+    train_classes: float = 0.5  # (float) fraction of classes (by name) to train on; the rest is the unseen test set
     val_fraction: float = 0.2  # (float) fraction of each training class held out for model selection
-    input_size: int | None = (
-        None  # (int) square input side in pixels; None picks the source's default (digits 32, images 128)
-    )
+    input_size: int | None = None  # (int) square input side in pixels; None: the source's (digits 32, images 128)
     hflip: bool = False  # (bool) random horizontal flips during training
-    crop_scale: float | None = (
-        None  # (float) smallest area of the random resized crop (1.0 disables);
-        # None: per source (glyphs 1.0, others 0.6)
-    )
+    crop_scale: float | None = None  # (float) smallest random-crop area, 1.0 disables; None: glyphs 1.0, others 0.6
     backbone: str = "tiny"  # (str) backbone name (edgedml models list), or timm:<name> when timm is installed
     weights: str | None = None  # (str) local backbone weight file (.safetensors); never downloaded
     dim: int = 64  # (int) embedding dimension
     loss: str = "shadow"  # (str) shadow | triplet | contrastive | multisimilarity
-    mining: str | None = (
-        None  # (str) all | hard | semihard triplets (shadow, triplet); None: hard with a memory, else all
-    )
+    mining: str | None = None  # (str) all | hard | semihard triplets (shadow, triplet); None: hard with memory, or all
     margin: float = 0.2  # (float) triplet margin m
     normalize: bool = True  # (bool) shadow: L2-normalize embeddings before the loss (the paper's choice)
     batch_size: int | str = 64  # (int) images per batch, P classes x K images; "auto": the largest that fits the budget
@@ -61,9 +52,7 @@ class TrainConfig:
     weight_decay: float = 1e-4  # (float) decoupled (adamw) or L2 (adam, sgd) weight decay
     scheduler: str = "cosine"  # (str) cosine | none, over all training steps
     memory: str = "none"  # (str) cross-batch memory: none | xbm | xbn (batch moments) | axbn (Kalman-filtered moments)
-    memory_size: float | str = (
-        8192  # (float) memory slots: a count (> 1), a fraction (0, 1] of the training images, or "auto"
-    )
+    memory_size: float | str = 8192  # (float) slots: a count (> 1), a fraction (0, 1] of the training images, or "auto"
     memory_storage: str = "fp32"  # (str) fp32 | fp16 storage of the stored embeddings
     memory_warmup: int = 1000  # (int) iterations before the memory is filled or used
     memory_weight: float = 1.0  # (float) w in loss = batch_loss + w * memory_loss
@@ -73,9 +62,7 @@ class TrainConfig:
     axbn_p0: float = 1.0  # (float) AXBN initial estimate variance
     axbn_gain_interval: int = 100  # (int) AXBN: iterations between Kalman gain updates
     distill: str = "none"  # (str) none | s2sd: self-distillation from high-dimensional auxiliary heads
-    aux_dims: str = (
-        "512,1024,1536,2048"  # (str) S2SD auxiliary head dimensions, comma-separated (one: DSD, several: MSD)
-    )
+    aux_dims: str = "512,1024,1536,2048"  # (str) S2SD auxiliary head dimensions, comma-separated (one: DSD, more: MSD)
     distill_weight: float = 50.0  # (float) w, weight of the similarity distillation (S2SD and --teacher)
     distill_temperature: float = 1.0  # (float) T, softmax temperature of the similarity distillation
     feature_distill: bool = False  # (bool) S2SD: also distill the pooled backbone features (MSDF)
@@ -259,7 +246,13 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
         raise CheckpointError(
             f"{run_dir}: no {RUN_CONFIG}, so not a run directory", hint="pass the --out folder of an edgedml train run"
         )
-    return TrainConfig.from_sources(path)
+    config = TrainConfig.from_sources(path)
+    if config.input_size is None:  # edgedml train always writes the resolved size
+        raise CheckpointError(
+            f"{path}: no input_size, so not a configuration edgedml train wrote",
+            hint="restore the run's own config.yaml, or retrain",
+        )
+    return config
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:

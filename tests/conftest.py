@@ -145,8 +145,9 @@ class Cli:
     env: ClassVar[dict[str, str | None]] = {"COLUMNS": "1000", "LINES": "50", "NO_COLOR": "1", "FORCE_COLOR": None}
 
     def __init__(self) -> None:
-        from edgedml.cli.main import app
         from typer.testing import CliRunner
+
+        from edgedml.cli.main import app
 
         self.app = app
         self.runner = CliRunner()

@@ -227,8 +227,9 @@ def test_train_with_auto_batch_records_the_chosen_size(tmp_path):
 
 
 def test_profile_command_writes_a_report_that_reads_back(tmp_path):
-    from edgedml.cli.main import app
     from typer.testing import CliRunner
+
+    from edgedml.cli.main import app
 
     out = tmp_path / "report"
     result = CliRunner().invoke(

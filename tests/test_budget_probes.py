@@ -308,6 +308,7 @@ def test_the_real_torch_of_this_machine_gives_an_answer(tmp_path):
     if torch.cuda.is_available():
         assert memory.source in ("nvml", "cuda-mem-get-info", "jetson-meminfo")
         assert memory.total_bytes > 0 and 0 <= memory.free_bytes <= memory.total_bytes
+        assert memory.total_bytes == memory.free_bytes + memory.used_bytes  # every probe keeps total = free + used
     else:  # the CPU is the training device: the fake meminfo's MemTotal and MemAvailable, in bytes
         assert (memory.source, memory.total_bytes, memory.free_bytes, memory.used_bytes) == (
             "host",

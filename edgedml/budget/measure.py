@@ -37,13 +37,19 @@ def measure_step(
 ) -> MeasuredStep:
     """One steady-state training step of ``config`` at ``batch_size`` (and ``memory_size`` slots), measured on
     ``device``."""
+    cuda_devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):  # seeded inside, the caller's random state untouched
+        torch.manual_seed(0)
+        return _measure_step(config, input_size, batch_size, memory_size, device)
+
+
+def _measure_step(config: TrainConfig, input_size: int, batch_size: int, memory_size: int, device: str) -> MeasuredStep:
     on_cuda = torch.device(device).type == "cuda"
     if on_cuda:
         gc.collect()
         torch.cuda.empty_cache()
         allocated_before, reserved_before = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
         torch.cuda.reset_peak_memory_stats(device)
-    torch.manual_seed(0)
     network = build_network(config, build_model(config.backbone, config.dim)).to(device)
     optimizer = make_optimizer(network, config)
     objective = build_objective(config, memory_size).to(device)

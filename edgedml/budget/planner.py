@@ -219,9 +219,8 @@ class StepTracer:
                     dict(samples)[batch_size] if samples is not None else self._trace_loss_step(batch_size, memory_size)
                 )
             peak = running_peak(deltas)
-            if (
-                self.teacher is not None
-            ):  # its no-grad forward runs inside the objective, the student's activations alive
+            if self.teacher is not None:
+                # its no-grad forward runs inside the objective, the student's activations alive
                 peak += self.teacher.forward_peak(batch_size)
             self._loss_cache[key] = (bank, peak)
         return self._loss_cache[key]
@@ -401,9 +400,8 @@ def plan_training(
         if found is None:
             _nothing_fits(tracer.estimate(batch_size, batch_size), budget, "--memory-size")
         memory_size = found
-        if (
-            auto_batch and memory_size >= train_images
-        ):  # the memory holds the whole training set: the rest goes to the batch
+        if auto_batch and memory_size >= train_images:
+            # the memory holds the whole training set: the rest goes to the batch
             units = _largest(
                 lambda k: budget.fits(tracer.estimate(k * per_class, memory_size)),
                 batch_size // per_class,

@@ -22,7 +22,7 @@ from edgedml.errors import ConfigError, ExportError
 from edgedml.export.deepstream import write_deepstream_configs
 from edgedml.export.load import ENGINE_SUFFIXES
 from edgedml.export.onnx import ExportSummary, check_images, export_onnx, read_metadata
-from edgedml.export.runtime import ModelInfo, OnnxRuntimeEmbedder
+from edgedml.export.runtime import ModelInfo, OnnxRuntimeEmbedder, check_agreement
 from edgedml.export.tensorrt import (
     BatchRange,
     EngineBuild,
@@ -40,7 +40,6 @@ from edgedml.export.tensorrt import (
 )
 from edgedml.export.trt_ops import check_tensorrt_ops, describe
 from edgedml.io import atomic_path, write_json
-from edgedml.metrics import cosine_check
 from edgedml.progress import SILENT, Progress
 from edgedml.units import parse_bytes
 
@@ -259,11 +258,11 @@ def check_engine(embedder: TensorRTEmbedder, reference_onnx: Path, run_dir: Path
     """Cosine between the engine's and the fp32 ONNX's embeddings of the run's check images."""
     images = check_images(run_dir).numpy()
     reference = OnnxRuntimeEmbedder.on_cpu(reference_onnx).embed(images)
-    check = {**cosine_check(embedder.embed(images), reference), "images": len(images)}
-    if not check["min_cosine"] >= ENGINE_MIN_COSINE[precision]:
-        raise ExportError(
-            f"the {precision} engine disagrees with the fp32 ONNX: min cosine {check['min_cosine']:.4f} < "
-            f"{ENGINE_MIN_COSINE[precision]} over {len(images)} test images; nothing was written",
-            hint="build in fp32 (or fp16) instead",
-        )
-    return check
+    check = check_agreement(
+        embedder.embed(images),
+        reference,
+        ENGINE_MIN_COSINE[precision],
+        f"the {precision} engine disagrees with the fp32 ONNX",
+        "build in fp32 (or fp16) instead",
+    )
+    return {**check, "images": len(images)}

@@ -74,6 +74,12 @@ def check_export_options(format_name: str, given: Mapping[str, object]) -> Forma
         if option in present and "int8" not in present:
             raise ConfigError(f"{_flag(option)} needs --int8", hint="add --int8")
     int8_for = given.get("int8_for")
-    if int8_for is not None and int8_for not in INT8_TARGETS:
-        raise ConfigError(f"--int8-for {int8_for!r} is not one of {', '.join(INT8_TARGETS)}")
+    if int8_for is not None:
+        check_int8_target(int8_for)
     return spec
+
+
+def check_int8_target(int8_for: object) -> None:
+    """``--int8-for`` must name one of INT8_TARGETS."""
+    if int8_for not in INT8_TARGETS:
+        raise ConfigError(f"--int8-for {int8_for!r} is not one of {', '.join(INT8_TARGETS)}")

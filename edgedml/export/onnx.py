@@ -35,10 +35,10 @@ from edgedml.data import ImageDataset, PreparedData, Sample, class_indices, eval
 from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgedml.errors import ConfigError, DataError, ExportError
 from edgedml.export import precision
-from edgedml.export.formats import check_export_options
-from edgedml.export.runtime import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeEmbedder, embed_samples
+from edgedml.export.formats import check_export_options, check_int8_target
+from edgedml.export.runtime import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeEmbedder, check_agreement, embed_samples
 from edgedml.io import atomic_path
-from edgedml.metrics import cosine_check, recall_and_map
+from edgedml.metrics import recall_and_map
 from edgedml.models import EmbeddingModel
 from edgedml.progress import SILENT, Progress
 from edgedml.training import RunDir, config_hash, load_run_model
@@ -270,9 +270,8 @@ def _check_options(
     out: str | Path | None, run_dir: Path, batch: int | None, int8: bool, calib_data: str | None, int8_for: str
 ) -> Path:
     """Refuse what cannot work before any work (the format table's rules, the batch range); the fp32 file's path."""
-    check_export_options(
-        "onnx", {"batch": batch, "int8": int8, "calib_data": calib_data, "int8_for": int8_for if int8 else None}
-    )
+    check_int8_target(int8_for)  # the default (tensorrt) is always passed, so only its value is checked here
+    check_export_options("onnx", {"batch": batch, "int8": int8, "calib_data": calib_data})
     if batch is not None and not 1 <= batch <= MAX_BATCH:
         raise ConfigError(f"--batch {batch} must lie in 1..{MAX_BATCH}", hint="or use --dynamic")
     target = Path(out) if out is not None else run_dir / "model.onnx"
@@ -363,19 +362,12 @@ def _check_reduced(
 ) -> dict[str, float]:
     """Per-embedding cosine of a reduced-precision file against PyTorch; ExportError below ``floor`` or non-finite."""
     got = OnnxRuntimeEmbedder.on_cpu(path).embed(images.numpy())
-    check = cosine_check(got, expected)
-    if not check["min_cosine"] >= floor:  # NaN (non-finite output) fails too
-        hint = (
-            "export without --half"
-            if precision_name == "fp16"
-            else "calibrate on images like the ones it will embed (--calib-data), or use --half"
-        )
-        raise ExportError(
-            f"the {precision_name} model disagrees with PyTorch: min cosine {check['min_cosine']:.4f} < {floor} "
-            f"over {len(images)} test images; nothing was written",
-            hint=hint,
-        )
-    return check
+    hint = (
+        "export without --half"
+        if precision_name == "fp16"
+        else "calibrate on images like the ones it will embed (--calib-data), or use --half"
+    )
+    return check_agreement(got, expected, floor, f"the {precision_name} model disagrees with PyTorch", hint)
 
 
 def _calibration(calib_data: str | None, config: TrainConfig, prepared: PreparedData, int8_for: str) -> Calibration:

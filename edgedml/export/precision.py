@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from edgedml.data import ImageDataset, collate_skip_bad, eval_transform
 from edgedml.errors import DataError, ExportError
-from edgedml.export.formats import INT8_TARGETS
+from edgedml.export.formats import check_int8_target
 from edgedml.progress import SILENT, Progress
 
 log = logging.getLogger(__name__)
@@ -147,12 +147,12 @@ def pick_calibration(samples: list, cap: int = CALIBRATION_CAP) -> list:
 def quantize_int8(
     source: Path, target: Path, reader: ImageCalibrationReader, metadata: dict[str, str], runs_on: str = "tensorrt"
 ) -> list[str]:
-    """Write a QDQ int8 copy of ``source`` to ``target`` for ``runs_on`` (see INT8_TARGETS), calibrated on ``reader``.
+    """Write a QDQ int8 copy of ``source`` to ``target``, calibrated on ``reader``, for ``runs_on`` (one of
+    ``edgedml.export.formats.INT8_TARGETS``).
 
     Returns the names of the nodes left in fp32 (the normalization).
     """
-    if runs_on not in INT8_TARGETS:
-        raise ExportError(f"--int8-for {runs_on!r} is not one of {', '.join(INT8_TARGETS)}")
+    check_int8_target(runs_on)
     with tempfile.TemporaryDirectory(prefix="edgedml-int8-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         # symbolic shape inference cannot follow the normalization's Expand; onnx's own inference can

@@ -27,6 +27,7 @@ import torch
 from edgedml.data import Sample, embed_images, eval_transform
 from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgedml.errors import ConfigError, ExportError, ModelError
+from edgedml.metrics import cosine_check
 from edgedml.progress import SILENT, Progress
 from edgedml.training import config_hash, load_run_model
 
@@ -206,6 +207,21 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_agreement(
+    got: np.ndarray, expected: np.ndarray, floor: float, disagreement: str, hint: str
+) -> dict[str, float]:
+    """Per-embedding cosine of ``got`` against the reference ``expected`` (min and mean); below ``floor`` (or
+    non-finite) an ExportError that starts with ``disagreement`` ("the fp16 model disagrees with PyTorch")."""
+    check = cosine_check(got, expected)
+    if not check["min_cosine"] >= floor:  # NaN (non-finite output) fails too
+        raise ExportError(
+            f"{disagreement}: min cosine {check['min_cosine']:.4f} < {floor} over {len(got)} test images; "
+            "nothing was written",
+            hint=hint,
+        )
+    return check
 
 
 def check_runtime_output(embeddings: np.ndarray, info: ModelInfo, source: str) -> None:

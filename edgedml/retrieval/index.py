@@ -41,6 +41,7 @@ from edgedml.export.runtime import Embedder, ModelInfo, check_runtime_output, em
 from edgedml.io import write_json, write_with
 from edgedml.progress import SILENT, Progress
 from edgedml.retrieval.evaluate import SplitSettings, split_settings
+from edgedml.training.evaluate import SPLIT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ FORMAT_VERSION = 1
 META_FILE = "index.json"
 PARTIAL_DIR = ".partial"
 INDEX_TYPES = ("flat", "ivf", "ivfpq")
-GALLERY_SPLITS = ("all", "test", "val", "train")
+GALLERY_SPLITS = ("all", *SPLIT_NAMES)
 METRIC = "inner_product"
 PQ_BITS = 8
 PQ_POINTS_PER_CENTROID = 64
@@ -155,9 +156,8 @@ def gallery_items(spec: str, split: str = "all", settings: SplitSettings | None 
     """The images of a data spec to index: all of them, or one split made with the model's ``settings``."""
     if split not in GALLERY_SPLITS:
         raise ConfigError(f"--split {split!r} is not one of {', '.join(GALLERY_SPLITS)}")
-    source = (
-        load_source(spec, min_classes=0) if split == "all" else load_source(spec)
-    )  # nothing is trained on a gallery
+    # nothing is trained on a whole gallery: it may hold a single class
+    source = load_source(spec, min_classes=0) if split == "all" else load_source(spec)
     keys = {id(sample): _sample_key(source, position, sample) for position, sample in enumerate(source.samples)}
     if split == "all":
         chosen = source.samples

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from edgedml.config import TrainConfig
 from edgedml.data import Sample, class_indices, embed_images, eval_transform, prepare_data
@@ -17,6 +16,7 @@ from edgedml.training.device import resolve_device
 from edgedml.training.run import RunDir
 
 SPLIT_NAMES = ("test", "val", "train")
+EVAL_BATCH = 256
 
 
 @torch.no_grad()
@@ -25,7 +25,7 @@ def embed_samples(
     samples: list[Sample],
     input_size: int,
     device: torch.device,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH,
     workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (N, dim) normalized embeddings and (N,) integer labels of the readable images.
@@ -49,10 +49,16 @@ def embed_samples(
 
 
 def evaluate_split(
-    model: nn.Module, samples: list[Sample], input_size: int, device: torch.device, full: bool = True, seed: int = 0
+    model: EmbeddingModel,
+    samples: list[Sample],
+    input_size: int,
+    device: torch.device,
+    full: bool = True,
+    seed: int = 0,
+    batch_size: int = EVAL_BATCH,
 ) -> RetrievalMetrics | dict[str, float]:
     """Full metrics (with NMI and silhouette) or, for per-epoch validation, Recall@1 and MAP@R only."""
-    embeddings, labels = embed_samples(model, samples, input_size, device)
+    embeddings, labels = embed_samples(model, samples, input_size, device, batch_size)
     if full:
         return retrieval_metrics(embeddings, labels, seed=seed)
     recall, map_at_r, _ = recall_and_map(embeddings, labels, ks=(1,))

@@ -69,7 +69,7 @@ from edgedml.training.distributed import (
     init_from_environment,
     synchronize,
 )
-from edgedml.training.evaluate import evaluate_split, load_run_model
+from edgedml.training.evaluate import EVAL_BATCH, evaluate_split, load_run_model
 from edgedml.training.run import RunDir, config_hash
 from edgedml.units import format_bytes
 
@@ -391,12 +391,28 @@ class Trainer:
             self.display.note(epoch_line(record))
 
     def _test_metrics(self, full: bool):
-        return evaluate_split(
-            self.model, self.splits.test, self.config.input_size, self.device, full=full, seed=self.config.seed
-        )
+        with self._out_of_memory_is_an_error():
+            return evaluate_split(
+                self.model,
+                self.splits.test,
+                self.config.input_size,
+                self.device,
+                full,
+                self.config.seed,
+                self._eval_batch,
+            )
 
     def _validate(self) -> dict[str, float]:
-        return evaluate_split(self.model, self.splits.val, self.config.input_size, self.device, full=False)
+        with self._out_of_memory_is_an_error():
+            return evaluate_split(
+                self.model, self.splits.val, self.config.input_size, self.device, False, 0, self._eval_batch
+            )
+
+    @property
+    def _eval_batch(self) -> int:
+        """Inside a memory plan, evaluation embeds in batches of the planned training batch, which the plan covers
+        (a no-grad forward holds less than the training step); without a plan, the usual evaluation batch."""
+        return self.config.batch_size if self.plan is not None else EVAL_BATCH
 
     def _finish(self) -> dict[str, Any]:
         self.display.stage(TEST_STAGE)
