@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from edgedml.errors import ConfigError
 
 _UNITS = {
@@ -15,10 +17,17 @@ _UNITS = {
     "gib": 1 << 30,
     "tib": 1 << 40,
 }
+_HINT = "write e.g. 2.5GiB, 800MiB or 3GB"
 
 
 def parse_bytes(text: str, option: str = "--budget") -> int:
-    """``2.5GiB``, ``800MiB``, ``3GB``, ``1073741824`` -> bytes; a ConfigError naming ``option`` otherwise."""
+    """``2.5GiB``, ``800MiB``, ``3GB``, ``1073741824`` -> bytes; a ConfigError naming ``option`` otherwise.
+
+    The size must be finite and at least one byte once converted (``0.5B``, ``1e-12GiB``, ``nan``,
+    ``inf`` and ``1e999GiB`` are refused).
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"{option} {text!r} is not a size", hint=_HINT)
     cleaned = text.strip().lower().replace(" ", "")
     number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = cleaned[len(number) :] or "b"
@@ -26,9 +35,14 @@ def parse_bytes(text: str, option: str = "--budget") -> int:
         value = float(number)
     except ValueError:
         value = -1.0
-    if unit not in _UNITS or value <= 0:
-        raise ConfigError(f"{option} {text!r} is not a size", hint="write e.g. 2.5GiB, 800MiB or 3GB")
-    return int(value * _UNITS[unit])
+    if unit not in _UNITS or not value > 0:
+        raise ConfigError(f"{option} {text!r} is not a size", hint=_HINT)
+    size = value * _UNITS[unit]
+    if not math.isfinite(size):
+        raise ConfigError(f"{option} {text!r} is not a finite size", hint=_HINT)
+    if size < 1:
+        raise ConfigError(f"{option} {text!r} is less than one byte", hint=_HINT)
+    return int(size)
 
 
 def format_bytes(value: float) -> str:

@@ -273,3 +273,83 @@ def test_cli_ctrl_c_during_int8_calibration_writes_nothing_and_keeps_the_old_fil
     assert (run_copy / "model.onnx").read_bytes() == b"the previous export"
     assert not (run_copy / "model.fp16.onnx").exists() and not (run_copy / "export.json").exists()
     assert not [p for p in run_copy.iterdir() if p.name.startswith(".")]
+
+
+# ---- int8 calibration over many batches -----------------------------------------------------
+def tiny_embedding_model(path, batch: int, size: int) -> None:
+    """Conv -> Relu -> pool -> Gemm head -> L2 normalization, fixed batch: a model that calibrates in a blink."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "conv.w": rng.normal(size=(4, 3, 3, 3)),
+        "conv.b": rng.normal(size=4),
+        "head.w": rng.normal(size=(4, 2)),
+        "head.b": rng.normal(size=2),
+    }
+    nodes = [
+        helper.make_node("Conv", ["images", "conv.w", "conv.b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "head.w", "head.b"], ["raw"], name="head"),
+        helper.make_node("ReduceL2", ["raw"], ["norm"], name="l2", axes=[1], keepdims=1),
+        helper.make_node("Div", ["raw", "norm"], ["embeddings"], name="divide"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, [batch, 2])],
+        [onnx.numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def input_scale(model_path) -> float:
+    """The scale of the QuantizeLinear that quantizes the model's input (symmetric int8: max |input| / 127)."""
+    graph = onnx.load(str(model_path)).graph
+    initializers = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    (quantize,) = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name]
+    return float(initializers[quantize.input[1]])
+
+
+def calibrate_tiny(tmp_path, levels: list[int], batch: int = 2, size: int = 4) -> float:
+    """int8-quantize the tiny model on grey images of the given levels (0-255, in order); return the input's scale."""
+    tmp_path.mkdir(exist_ok=True)
+    source, target = tmp_path / "tiny.onnx", tmp_path / "tiny.int8.onnx"
+    tiny_embedding_model(source, batch, size)
+    samples = [Sample(image=np.full((size, size), level, np.uint8), label=str(i % 3)) for i, level in enumerate(levels)]
+    reader = precision.ImageCalibrationReader(samples, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "images", batch=batch)
+    precision.quantize_int8(source, target, reader, {})
+    assert reader.used == len(levels)
+    return input_scale(target)
+
+
+@pytest.mark.parametrize("bright_batch", [0, 9, 16])
+def test_int8_ranges_come_from_every_calibration_batch_not_only_the_last_few(tmp_path, bright_batch):
+    # 17 batches of 2: more than two groups of 8, the count onnxruntime's CalibMaxIntermediateOutputs=8 cleared
+    # without measuring. Only one batch is bright (255); the input's range must still reach it wherever it is.
+    dim = [51] * 34
+    bright = dim.copy()
+    bright[2 * bright_batch : 2 * bright_batch + 2] = [255, 255]
+    assert calibrate_tiny(tmp_path / "dim", dim) == pytest.approx(0.2 / 127, rel=1e-3)
+    assert calibrate_tiny(tmp_path / "bright", bright) == pytest.approx(1.0 / 127, rel=1e-3)
+
+
+def test_int8_calibration_on_an_exact_multiple_of_eight_batches_succeeds_and_keeps_scalars(tmp_path, monkeypatch):
+    # 16 batches: with CalibMaxIntermediateOutputs=8 the list was empty at the end ("No data is collected").
+    # The memory bound rests on what onnxruntime keeps per batch: one min and one max scalar per calibrated tensor.
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+
+    kept: list[tuple[int, set]] = []
+    compute = MinMaxCalibrater.compute_data
+
+    def recording(self):
+        sizes = {value.size for outputs in self.intermediate_outputs for value in outputs if value is not None}
+        kept.append((len(self.intermediate_outputs), sizes))
+        return compute(self)
+
+    monkeypatch.setattr(MinMaxCalibrater, "compute_data", recording)
+    levels = [51] * 32
+    levels[0] = 255  # the first image of the first batch
+    assert calibrate_tiny(tmp_path, levels) == pytest.approx(1.0 / 127, rel=1e-3)
+    assert kept[0] == (16, {1})

@@ -149,12 +149,16 @@ def test_second_ctrl_c_aborts_without_saving(shared_image_folder, tmp_path, capl
 
     run = tmp_path / "run"
     handler_before = signal.getsignal(signal.SIGINT)
-    with caplog.at_level("WARNING", logger="edgedml"), pytest.raises(KeyboardInterrupt):
+    with caplog.at_level("WARNING", logger="edgedml"), pytest.raises(TrainingInterrupted) as caught:
         Trainer(make_config(shared_image_folder, epochs=1), run, CtrlCTwice()).fit()
     # the first Ctrl-C was the trainer's (a stop request), the second aborted at once
     assert any("Ctrl-C: stopping after this step" in r.getMessage() for r in caplog.records)
     assert signal.getsignal(signal.SIGINT) is handler_before
     assert not (run / "last.safetensors").exists()
+    assert caught.value.message == "interrupted before the first checkpoint; no checkpoint was saved"
+    assert caught.value.hint == "run the same command again"
+    # ... and the hint works: the folder holds only what the stopped run left, which a new run takes over
+    assert Trainer(make_config(shared_image_folder, epochs=1), run).fit()["epochs"] == 1
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
@@ -193,7 +197,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shared_image_f
     assert f"loss became {bad}" in message
     assert "epoch 2, step 2" in message and f"global step {bad_step + 1}" in message
     assert "weights were not updated" in message
-    assert str(run / "last.safetensors") in caught.value.hint
+    assert f"{run / 'last.safetensors'} holds the last checkpoint" in message  # it exists: the hint's state is real
+    assert "--lr" in caught.value.hint
     assert signal.getsignal(signal.SIGINT) is handler_before
 
     last = run / "last.safetensors"

@@ -14,6 +14,12 @@
   feeds an int8 engine. For onnxruntime on a CPU (``target="cpu"``) activations are unsigned and
   asymmetric and biases int32 (U8S8, onnxruntime's fast path on x86: the S8S8 file runs no faster
   than fp32 there, benchmarks/export.py); TensorRT's parser rejects that file.
+- **int8 calibration** uses every chosen image (:func:`pick_calibration`: at most ``CALIBRATION_CAP``, evenly
+  spaced over the classes), and its memory is bounded without onnxruntime's ``CalibMaxIntermediateOutputs``
+  (which, on the onnxruntime versions we use, discards all but the last partial group of batches): the
+  :class:`ImageCalibrationReader` decodes one batch at a time, and onnxruntime's MinMax calibrator keeps, per
+  batch, only the minimum and maximum of each calibrated tensor (two scalars per tensor), never the activations.
+  At most ``ceil(CALIBRATION_CAP / batch) x tensors x 2`` floats (32 batches for a dynamic-batch model).
 
 The normalization nodes are found from the graph's structure, not from names: they are the nodes
 downstream of the head, the last Gemm/MatMul on the way to the output (docs/methods.md §6).
@@ -158,7 +164,15 @@ def quantize_int8(
         # symbolic shape inference cannot follow the normalization's Expand; onnx's own inference can
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         excluded = normalization_nodes(onnx.load(str(prepared)))
-        options: dict[str, object] = {"CalibMaxIntermediateOutputs": 8}  # a bounded calibration memory on a large set
+        # No CalibMaxIntermediateOutputs: onnxruntime's MinMaxCalibrater (read on 1.32, the same in earlier releases)
+        # *clears* its list of batch outputs when it reaches that count, without computing their ranges, so the ranges
+        # came from the last partial group of batches only, and a batch count that is a multiple of it raised "No data
+        # is collected". Without the option every batch counts, and the memory is still bounded: the reader decodes one
+        # batch at a time, at most CALIBRATION_CAP images, and per batch the calibrator keeps only the augmented
+        # model's ReduceMin/ReduceMax outputs, one scalar each per calibrated tensor (quantize_static never asks it for
+        # per-channel activation ranges), i.e. ceil(CALIBRATION_CAP / batch) x tensors x 2 floats. (Older releases also
+        # keep the model's own output of each batch: at most CALIBRATION_CAP embeddings more.)
+        options: dict[str, object] = {}
         if runs_on == "tensorrt":  # TensorRT's Q/DQ rules: zero points 0, float biases
             options |= {"ActivationSymmetric": True, "QuantizeBias": False}
         quantize_static(

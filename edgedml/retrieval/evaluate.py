@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from edgedml.data import PreparedData, class_indices, prepare_data
+from edgedml.data import PreparedData, class_indices, named_sources, prepare_data
 from edgedml.errors import ConfigError, DataError
 from edgedml.export.load import load_embedder, runtime_for
 from edgedml.export.runtime import Embedder, embed_samples
@@ -58,6 +58,16 @@ def split_settings(embedder: Embedder) -> SplitSettings:
         raise ConfigError(f"{embedder.path}: malformed split metadata {[metadata[k] for k in SPLIT_KEYS]}") from None
 
 
+def _check_recorded_source(spec: str, model: Path) -> None:
+    """The data an export's metadata names is read only if it is a bundled source or exists here."""
+    if spec in named_sources or Path(spec).expanduser().exists():
+        return
+    raise ConfigError(
+        f"{model}: its metadata names the data {spec}, which does not exist on this machine",
+        hint=f"pass your copy of that data: edgedml eval {model} --data PATH",
+    )
+
+
 def evaluate_model(
     model: str | Path,
     data: str | None = None,
@@ -78,6 +88,11 @@ def evaluate_model(
         raise ConfigError(f"--checkpoint {checkpoint} applies to run directories, not to {path.name}")
     embedder = load_embedder(path, runtime, device)  # "auto": every provider onnxruntime has
     settings = split_settings(embedder)
+    if data is None:
+        _check_recorded_source(settings.data, path)
+        progress.note(f"scoring on the {split} split of {settings.data}, the data {path.name}'s metadata records")
+    else:
+        progress.note(f"scoring on the {split} split of {data}, split as {path.name}'s run split its data")
     samples = getattr(settings.prepare(data).splits, split)
     if len({s.label for s in samples}) < 2:
         raise DataError(f"the {split} split of {data or settings.data} has fewer than 2 classes; nothing to retrieve")

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 FORMAT = "edgedml-index"
 FORMAT_VERSION = 1
 META_FILE = "index.json"
+META_KEYS = ("generation", "files", "model", "index", "dim", "count")
 PARTIAL_DIR = ".partial"
 INDEX_TYPES = ("flat", "ivf", "ivfpq")
 GALLERY_SPLITS = ("all", *SPLIT_NAMES)
@@ -336,13 +337,13 @@ class GalleryIndex:
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise DataError(
                 f"{root}: the index files are missing or damaged ({str(exc).splitlines()[0]})",
-                hint="rebuild it with edgedml index --overwrite",
+                hint=_rebuild_hint(root),
             ) from None
         if not index.ntotal == len(manifest) == meta["count"] or index.d != meta["dim"]:
             raise DataError(
                 f"{root}: index ({index.ntotal} x {index.d}), manifest ({len(manifest)} rows) and index.json "
                 f"({meta['count']} x {meta['dim']}) disagree",
-                hint="rebuild it with edgedml index --overwrite",
+                hint=_rebuild_hint(root),
             )
         return cls(root, meta, index, manifest, device)
 
@@ -367,15 +368,52 @@ def read_meta(root: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: unreadable ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DataError(f"{path}: not an edgedml index description")
+        raise DataError(f"{path}: not an edgedml index description", hint=_rebuild_hint(root))
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise DataError(
+        raise IndexTooNew(
             f"{path}: index format {version} (written by edgedml {meta.get('edgedml_version', '?')}) is newer than "
             f"this edgedml ({__version__}) reads (format {FORMAT_VERSION})",
             hint="upgrade edgedml, or rebuild the index with this version into another folder",
         )
+    _check_description(meta, path)
     return meta
+
+
+class IndexTooNew(DataError):
+    """An index written by a newer edgedml: not to be read, nor replaced by this one."""
+
+
+def _check_description(meta: dict[str, Any], path: Path) -> None:
+    """Every key the index needs, and file names that are the index's own (never a path out of its folder)."""
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        raise DataError(f"{path}: damaged, {', '.join(missing)} missing", hint=_rebuild_hint(path.parent))
+    generation = meta["generation"]
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 1:
+        raise DataError(
+            f"{path}: generation {generation!r} is not a whole number >= 1", hint=_rebuild_hint(path.parent)
+        )
+    own = {"index": f"index.{generation}.faiss", "manifest": f"manifest.{generation}.csv"}
+    if meta["files"] != own:
+        raise DataError(
+            f"{path}: names files {meta['files']!r}, not the index's own {own!r}", hint=_rebuild_hint(path.parent)
+        )
+
+
+def _rebuild_hint(root: Path) -> str:
+    return f"rebuild it: edgedml index MODEL --gallery SPEC --out {root} --overwrite"
+
+
+def _replaced_description(out: Path) -> dict[str, Any] | None:
+    """The description of the index ``--overwrite`` replaces; None (its files then stay) if it is damaged."""
+    try:
+        return read_meta(out)
+    except IndexTooNew:
+        raise
+    except DataError as exc:
+        log.warning("%s; replacing it (the files it named are left in place)", exc.message)
+        return None
 
 
 def check_same_model(meta: dict[str, Any], info: ModelInfo, digest: str, source: str, strict: bool) -> None:
@@ -429,8 +467,7 @@ def build_index(
     """
     started = time.perf_counter()
     out = Path(out)
-    existing = _open_target(out, mode)
-    extending = existing if mode == "append" else None
+    replaced, extending = _open_target(out, mode)
     requested = _check_options(extending, index_type, nlist, nprobe, pq_m)
     embedder = load_embedder(model, runtime, device)
     digest = file_digest(model)
@@ -460,7 +497,7 @@ def build_index(
     if extending is not None:
         index, manifest, params, generation = _extend(extending, vectors, nprobe)
     else:
-        index, manifest, params, generation = _create(requested, vectors, device, existing)
+        index, manifest, params, generation = _create(requested, vectors, device, replaced)
     manifest.paths.extend(item.key for item in rows)
     manifest.labels.extend(item.sample.label for item in rows)
     if extending is None or rows or nprobe is not None:
@@ -477,6 +514,7 @@ def build_index(
             split,
             len(rows),
             extending.meta if extending is not None else None,
+            replaced,
         )
     else:  # nothing new to append: the index stays as it is
         size = (out / extending.meta["files"]["index"]).stat().st_size
@@ -495,23 +533,27 @@ def build_index(
     )
 
 
-def _open_target(out: Path, mode: IndexMode) -> GalleryIndex | None:
-    """The index already in ``out`` (None if there is none); refuses what ``mode`` cannot do with ``out``."""
+def _open_target(out: Path, mode: IndexMode) -> tuple[dict[str, Any] | None, GalleryIndex | None]:
+    """(the description of the index already in ``out``, that index opened to be extended with ``append``);
+    Nones where there is none. Refuses what ``mode`` cannot do with ``out``. ``overwrite`` reads only the
+    description, so an index whose FAISS or manifest file is damaged can still be replaced."""
     if mode not in INDEX_MODES:
         raise ConfigError(f"index mode {mode!r} is not one of {', '.join(INDEX_MODES)}")
     if (out / META_FILE).exists():
-        existing = GalleryIndex.open(out)
+        if mode == "append":
+            existing = GalleryIndex.open(out)
+            return existing.meta, existing
         if mode == "new":
             raise ConfigError(
-                f"--out {out} already holds an index of {existing.count:,} images",
+                f"--out {out} already holds an index of {read_meta(out)['count']:,} images",
                 hint="--append adds new images to it, --overwrite replaces it",
             )
-        return existing
+        return _replaced_description(out), None
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(p.name != PARTIAL_DIR for p in out.iterdir()):
         raise ConfigError(f"--out {out}: folder is not empty and holds no index", hint="give a new or empty folder")
-    return None
+    return None, None
 
 
 def _check_options(
@@ -570,11 +612,11 @@ def _extend(existing: GalleryIndex, vectors: np.ndarray, nprobe: int | None) -> 
 
 
 def _create(
-    requested: IndexParams, vectors: np.ndarray, device: str, replaced: GalleryIndex | None
+    requested: IndexParams, vectors: np.ndarray, device: str, replaced: dict[str, Any] | None
 ) -> tuple[Any, Manifest, IndexParams, int]:
     """A new index trained on and holding ``vectors``; the generation after the one it replaces."""
     params = resolve_params(requested, len(vectors), vectors.shape[1])
-    generation = replaced.meta["generation"] + 1 if replaced is not None else 1
+    generation = replaced["generation"] + 1 if replaced is not None else 1
     return train_index(params, vectors, device), Manifest(), params, generation
 
 
@@ -605,8 +647,11 @@ def _commit(
     split: str,
     added: int,
     previous: dict[str, Any] | None,
+    replaced: dict[str, Any] | None,
 ) -> int:
-    """Write the new generation's files, then index.json (the commit point), then remove what is stale."""
+    """Write the new generation's files, then index.json (the commit point), then remove the files of the
+    generation it replaces (``replaced``: its description; nothing else in ``out`` is touched).
+    ``previous``: the description whose gallery history an append continues."""
     import faiss
 
     files = {"index": f"index.{generation}.faiss", "manifest": f"manifest.{generation}.csv"}
@@ -632,13 +677,9 @@ def _commit(
         "galleries": history,
     }
     write_json(out / META_FILE, meta)
-    for stale in out.iterdir():
-        if (
-            stale.is_file()
-            and stale.name.startswith(("index.", "manifest."))
-            and stale.name not in (META_FILE, *files.values())
-        ):
-            stale.unlink()
+    for name in (replaced or {}).get("files", {}).values():
+        if name not in files.values():
+            (out / name).unlink(missing_ok=True)
     return (out / files["index"]).stat().st_size
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgedml.data.images import check_image
 from edgedml.data.sources import ImageRef, Sample
-from edgedml.errors import ConfigError, DataError
+from edgedml.errors import ConfigError, DataError, ModelError
 from edgedml.export.load import load_embedder
 from edgedml.export.runtime import Embedder, embed_samples, file_digest
 from edgedml.retrieval.index import GalleryIndex, check_same_model
@@ -60,8 +60,16 @@ class Searcher:
                 f"{index_dir}: its model {model_path} is gone",
                 hint="pass the model's new location with --model",
             )
+        digest = file_digest(model_path)
+        if model is None and digest != index.meta["model"]["sha256"]:
+            # The path comes from index.json, not from the user: nothing is opened there unless it is that model.
+            raise ModelError(
+                f"{index_dir}: {model_path} is no longer the model that built the index "
+                f"(sha256 {digest[:12]} vs {index.meta['model']['sha256'][:12]})",
+                hint="pass the index's model with --model, or rebuild the index with the new one",
+            )
         embedder = load_embedder(model_path, runtime, device)
-        check_same_model(index.meta, embedder.info, file_digest(model_path), str(model_path), strict=False)
+        check_same_model(index.meta, embedder.info, digest, str(model_path), strict=False)
         return cls(index, embedder)
 
     def search(

@@ -6,16 +6,25 @@ RUN_DIR/best.safetensors  weights selected on validation Recall@1
 RUN_DIR/last.safetensors  weights + optimizer, epoch, step, RNG: what --resume needs
 RUN_DIR/summary.json      test-class retrieval metrics of the best weights, timing
 RUN_DIR/train.log         the run's log (skipped images, warnings)
+RUN_DIR/.overwrite/       a new run trained with --overwrite, until its first checkpoint replaces the old one
+
+A directory *holds a run* once a checkpoint is in it; a ``config.yaml`` alone is what a run left that
+stopped before its first checkpoint, and a new run may take the directory over.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgedml.config import RUN_CONFIG, TrainConfig, load_run_config
+from edgedml.errors import EdgedmlError
+
+STAGING = ".overwrite"
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,44 @@ class RunDir:
     @property
     def log(self) -> Path:
         return self.root / "train.log"
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file a run writes, in the order a replacement moves them (the summary first, so that a run
+        half-replaced never looks finished)."""
+        return (self.summary, self.metrics, self.best, self.last, self.config, self.log)
+
+    @property
+    def staging(self) -> RunDir:
+        """Where ``--overwrite`` trains the new run until its first checkpoint."""
+        return RunDir(self.root / STAGING)
+
+    def holds_run(self) -> bool:
+        """A checkpoint is here: the directory holds a run that can be resumed, evaluated or exported."""
+        return self.last.is_file() or self.best.is_file()
+
+    def holds_leftover(self) -> bool:
+        """A ``config.yaml`` edgedml train wrote for a run that stopped before its first checkpoint."""
+        if self.holds_run() or not self.config.is_file():
+            return False
+        try:
+            load_run_config(self.root)
+        except EdgedmlError:
+            return False
+        return True
+
+    def remove_files(self) -> None:
+        for path in self.files:
+            path.unlink(missing_ok=True)
+
+    def replace_with(self, new: RunDir) -> None:
+        """Move ``new``'s run files over this run's (removing those ``new`` lacks); other files here are kept."""
+        for mine, theirs in zip(self.files, new.files, strict=True):
+            if theirs.exists():
+                os.replace(theirs, mine)
+            else:
+                mine.unlink(missing_ok=True)
+        shutil.rmtree(new.root, ignore_errors=True)
 
     def load_config(self) -> TrainConfig:
         return load_run_config(self.root)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -133,6 +134,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.config.amp)
         self.progress = TrainProgress(skipped_images=self.skipped)
         self._stop_requested = False
+        self._replaces: RunDir | None = None  # with --overwrite: the old run, until the new one's first checkpoint
         val_counts = Counter(s.label for s in self.splits.val)
         self._can_validate = any(count >= 2 for count in val_counts.values())
         if self.splits.val and not self._can_validate:
@@ -207,34 +209,42 @@ class Trainer:
     # ---- public -------------------------------------------------------------------
     @classmethod
     def resume(cls, run_dir: str | Path, display: Display = SILENT, epochs: int | None = None) -> Trainer:
+        """The run in ``run_dir`` at its last checkpoint, to train to its own epochs or to ``epochs`` (more)."""
         run = RunDir(Path(run_dir))
         config = run.load_config()
-        if epochs is not None:
-            config = dataclasses.replace(config, epochs=epochs)
+        if not run.last.is_file():
+            raise CheckpointError(
+                f"{run.root}: the run stopped before its first checkpoint, so there is nothing to resume",
+                hint=f"start it again: edgedml train --config {run.config} --out {run.root}",
+            )
+        if epochs is not None:  # validated like any option, before anything is loaded or written
+            config = TrainConfig.from_sources(overrides={**config.to_dict(), "epochs": epochs})
         trainer = cls(config, run.root, display)
         trainer._restore(load_checkpoint(run.last))
+        done = trainer.progress.epoch + (trainer.progress.step > 0)
+        if config.epochs < done:
+            raise ConfigError(
+                f"--epochs {config.epochs}: the run in {run.root} has already trained {done} epoch(s)",
+                hint=f"give --epochs {done + 1} or more to extend it, or evaluate it: edgedml eval {run.root}",
+            )
         return trainer
 
     def fit(self, overwrite: bool = False) -> dict[str, Any]:
         """Train to ``config.epochs``, then evaluate the best weights on the test classes.
 
-        A new run refuses a directory that already holds one unless ``overwrite``.
+        A new run refuses a directory that already holds one unless ``overwrite``; then it trains in
+        ``RUN/.overwrite`` and replaces the old run's files only at its first checkpoint, so a run that fails
+        or is interrupted before it has one leaves the old run as it was.
         """
         fresh = self.progress.global_step == 0
-        if fresh and self.run.config.exists() and not overwrite:
-            raise CheckpointError(
-                f"{self.run.root} already holds a run",
-                hint=f"resume it with --resume {self.run.root}, pick another --out, or pass --overwrite",
-            )
+        if fresh:
+            self._check_target(overwrite)
         # Every rank has looked before rank 0 writes the new run's config.yaml: otherwise a slower rank
         # would find it and refuse the directory as an existing run.
         synchronize(self.dist)
         main = self.dist.is_main
-        if main:
-            self.run.root.mkdir(parents=True, exist_ok=True)
-            if fresh:
-                for stale in (self.run.metrics, self.run.summary, self.run.best, self.run.last, self.run.log):
-                    stale.unlink(missing_ok=True)
+        if main and fresh:
+            self._prepare_target()
         handler = _attach_log_file(self.run.log) if main else None
         try:
             if main:
@@ -246,12 +256,63 @@ class Trainer:
                 self.progress.untrained = self._test_metrics(full=False)
             self._train_epochs()
             return self._finish() if main else {}
+        except KeyboardInterrupt:
+            if self._replaces is None and self.run.last.is_file():
+                raise  # a second Ctrl-C after a checkpoint: abort at once, the checkpoint stays
+            raise TrainingInterrupted(
+                f"interrupted before the first checkpoint; {self._state_on_disk()}",
+                hint="run the same command again",
+            ) from None
         finally:
             if handler is not None:
                 logging.getLogger("edgedml").removeHandler(handler)
                 handler.close()
+            if self._replaces is not None:  # never reached a checkpoint: the new run goes, the old one stays
+                shutil.rmtree(self.run.root, ignore_errors=True)
+                self.run, self._replaces = self._replaces, None
             if self.dist.enabled:
                 cleanup()
+
+    def _check_target(self, overwrite: bool) -> None:
+        """A new run may take an empty folder, or one whose run stopped before its first checkpoint."""
+        if self.run.holds_run() and not overwrite:
+            raise CheckpointError(
+                f"{self.run.root} already holds a run",
+                hint=f"resume it with --resume {self.run.root}, pick another --out, or pass --overwrite",
+            )
+        if self.run.config.is_file() and not self.run.holds_run() and not self.run.holds_leftover():
+            raise CheckpointError(
+                f"--out {self.run.root} holds a config.yaml that edgedml train did not write",
+                hint="pick another --out (edgedml writes config.yaml into the run directory)",
+            )
+
+    def _prepare_target(self) -> None:
+        """Rank 0, new run: train beside an existing run (``--overwrite``), or clear what a stopped run left."""
+        self.run.root.mkdir(parents=True, exist_ok=True)
+        if self.run.holds_run():
+            staging = self.run.staging
+            shutil.rmtree(staging.root, ignore_errors=True)
+            staging.root.mkdir()
+            self.run, self._replaces = staging, self.run
+        else:
+            self.run.remove_files()
+
+    def _promote(self) -> None:
+        """The first checkpoint of an ``--overwrite`` run: its files replace the old run's."""
+        target = self._replaces
+        if target is None:
+            return
+        target.replace_with(self.run)
+        self.run, self._replaces = target, None
+        log.info("the new run replaced the previous one in %s", target.root)
+
+    def _state_on_disk(self) -> str:
+        """What the run's folder holds now, for an error's message."""
+        if self._replaces is not None:
+            return f"{self._replaces.root} still holds the previous run, untouched"
+        if self.run.last.is_file():
+            return f"{self.run.last} holds the last checkpoint"
+        return "no checkpoint was saved"
 
     # ---- loop ---------------------------------------------------------------------
     def _train_epochs(self) -> None:
@@ -327,8 +388,8 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss became {loss.item()} at epoch {progress.epoch + 1}, step {progress.step + 1} "
-                    f"(global step {progress.global_step + 1}); weights were not updated",
-                    hint=f"{self.run.last} holds the last good checkpoint; lower --lr or check the data",
+                    f"(global step {progress.global_step + 1}); weights were not updated; {self._state_on_disk()}",
+                    hint="train again with a lower --lr (a new --out, or --overwrite), or check the data",
                 )
             self.optimizer.zero_grad(set_to_none=True)
             with self._out_of_memory_is_an_error():
@@ -354,10 +415,9 @@ class Trainer:
         except torch.cuda.OutOfMemoryError:
             planned = f"; the plan predicted a peak of {format_bytes(self.plan.estimate.peak)}" if self.plan else ""
             raise TrainingError(
-                f"CUDA out of memory at epoch {self.progress.epoch + 1}, step {self.progress.step + 1}{planned}",
-                hint=(
-                    f"lower --batch-size or --memory-size, or raise --budget; {self.run.last} holds the last checkpoint"
-                ),
+                f"CUDA out of memory at epoch {self.progress.epoch + 1}, step {self.progress.step + 1}{planned}; "
+                f"{self._state_on_disk()}",
+                hint="train again with a lower --batch-size or --memory-size, or a larger --budget",
             ) from None
 
     def _end_epoch(self) -> None:
@@ -469,6 +529,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
         }
         save_checkpoint(self.run.last, tensors, metadata)
+        self._promote()
 
     def _aux_state(self) -> dict[str, torch.Tensor]:
         return self.network.aux_heads.state_dict() if self.network.aux_heads is not None else {}
