@@ -12,7 +12,7 @@ from rich.table import Table
 
 from edgedml.cli.common import JsonOption, console, fail, library_errors, print_json, setup_logging
 from edgedml.cli.progress import RichProgress
-from edgedml.io import write_json
+from edgedml.io import check_output_file, write_json
 
 
 def bench(
@@ -50,6 +50,8 @@ def bench(
     from edgedml.export.bench import bench as run_bench
 
     with library_errors():
+        if out is not None:
+            check_output_file(out)  # before anything is timed: the measurements are not lost to a bad path
         batches = parse_batches(batch) if batch is not None else None
         plan = BenchPlan(warmup=warmup, iterations=iters, seconds=seconds)
         embedder = open_model(model, runtime, device, threads)

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from edgedml.cli.common import DataOption, JsonOption, console, library_errors, print_json, setup_logging
 from edgedml.config import TrainConfig
+from edgedml.io import check_output_dir
 from edgedml.units import format_bytes
 
 
@@ -58,6 +59,7 @@ def profile(
     if profile_name is not None:
         given["profile"] = profile_name
     with library_errors():
+        check_output_dir(out)  # before the report is computed
         report = build_report(TrainConfig.from_sources(config, given), measure=measure)
         paths = write_report(report, out)
     if json_output:

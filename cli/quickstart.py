@@ -23,6 +23,7 @@ from edgedml.cli.common import console, library_errors, metric_rows, metrics_tab
 from edgedml.cli.export import export_table
 from edgedml.cli.progress import RichProgress
 from edgedml.config import TrainConfig
+from edgedml.io import check_output_dir, check_owned, record_owned
 
 # Tuned for 2 CPU cores: 5 training digits x 12 images per batch, 32 px, the tiny backbone.
 QUICKSTART = {
@@ -45,20 +46,30 @@ S2SD = {"distill": "s2sd", "aux_dims": "512,1024", "distill_weight": 1.0}
 
 
 def quickstart(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the quick-start runs (replaced if present).")] = Path(
-        "runs/quickstart"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the quick-start runs (rewritten if the quick start wrote it).")
+    ] = Path("runs/quickstart"),
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs of each run.")] = QUICKSTART["epochs"],
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Train on digits 0-4 with Shadow loss, evaluate retrieval on the unseen digits 5-9, distill to 16-d."""
     setup_logging()
+    with library_errors():  # a folder holding anything but an earlier quick start's files is the user's: refused
+        check_output_dir(out)
+        check_owned(out)
     console.print(
         "[bold]edgedml quickstart[/]: Shadow loss on scikit-learn's handwritten digits; "
         "train on digits 0-4, retrieve among the never-seen digits 5-9.",
         soft_wrap=True,
     )
-    base = {**QUICKSTART, "epochs": epochs, "seed": seed}
+    try:
+        _run_steps(out, {**QUICKSTART, "epochs": epochs, "seed": seed})
+    finally:
+        if out.is_dir():
+            record_owned(out)  # what this run wrote, so that the next quick start may rewrite it
+
+
+def _run_steps(out: Path, base: dict[str, Any]) -> None:
     main = _train("1/5 Shadow loss, 64-d embedding", base, out / "shadow-64d")
     console.print(metrics_table("retrieval on the unseen digits 5-9 (64-d)", metric_rows(main)))
     console.print(
@@ -90,7 +101,7 @@ def quickstart(
         f"edgedml export {escape(str(out / f's2sd-{STUDENT_DIM}d'))} --format engine --half --deepstream   "
         "(on the Jetson or GPU that will run it)",
         "edgedml profile --profile orin-nano-8gb --backbone mobilenetv2 --input-size 128 --batch-size auto "
-        f"--out {escape(str(out / 'orin-report'))}",
+        "--out runs/orin-report",
         "edgedml train --data glyphs --batch-size 16 --samples-per-class 2 --memory axbn --memory-size 0.5 "
         "--memory-warmup 300 --out runs/glyphs",
         "edgedml train --data path/to/images --backbone mobilenetv2 --input-size 128 --out runs/mine",

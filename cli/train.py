@@ -160,6 +160,8 @@ def train(
             summary = trainer.fit(overwrite=overwrite)
         finally:
             progress.close()
+    if not summary:  # another rank than 0 under torchrun: rank 0 reports the run
+        return
     if json_output:
         print_json(summary)
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from edgedml.errors import CheckpointError, ConfigError
+from edgedml.units import parse_bytes
 
 MINING_MODES = ("all", "hard", "semihard")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -25,6 +27,25 @@ AUTO = "auto"
 AUTO_FIELDS = ("batch_size", "memory_size")
 # The largest batch any command takes (training, export profiles, benchmarks): bounds memory and search ranges.
 MAX_BATCH = 4096
+# Input side: 8 px is the smallest a backbone's stride-8 stem keeps a feature map of; 1024 px is 4.6x the 224 px
+# the ImageNet backbones are trained at (2x DINOv2's 518), and one batch of 64 such images is 768 MiB of fp32
+# input alone, before the ~100x more its activations take: past every device in profiles/.
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 1024
+# Embedding and S2SD head dimensions: 8192 is 4x S2SD's largest head (2048); a linear head from a 2048-wide
+# backbone is then 64 MiB of weights, and a larger one only spends memory.
+MAX_DIM = 8192
+# Seeds go to random.Random, torch, numpy and scikit-learn; KMeans (the NMI metric after each epoch) takes
+# 0 <= seed < 2**32 only, so that is the range for all of them.
+MAX_SEED = 2**32 - 1
+# Counts of iterations (warm-up, delays, gain intervals): a billion iterations outlasts any run; torch stores
+# them in int64 buffers, so an unbounded count would overflow there.
+MAX_ITERATIONS = 10**9
+MAX_EPOCHS = 10**6
+# Cross-batch memory slots given as a count: 2**24 slots of 64 fp32 dims are 4 GiB already.
+MAX_MEMORY_SLOTS = 2**24
+# Data-loading worker processes: more than this starts hundreds of processes that wait on the same disk. A fixed
+# bound (not this machine's CPU count), so that a run's config.yaml validates on any machine it is resumed on.
+MAX_WORKERS = 64
 
 
 @dataclass
@@ -114,36 +135,45 @@ class TrainConfig:
 
     # ---- checks -------------------------------------------------------------------
     def _coerce(self, origin: str) -> None:
-        """Turn YAML scalars into the declared types, naming the key on failure."""
+        """Turn YAML scalars into the declared types, naming the key on failure.
+
+        Booleans are refused for numbers (``dim: true`` is not 1), numbers and numeric strings are taken
+        for numbers (``lr: "1e-3"``: YAML 1.1 reads 1e-3 as a string), but an integer field takes only a
+        whole number (``64``, ``"64"``, ``64.0``; not ``"1e3"`` or ``2.5``). Null is refused where the
+        field has no None default.
+        """
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None or (value == AUTO and f.name in AUTO_FIELDS):
-                continue
             kind = f.type if isinstance(f.type, str) else f.type.__name__
-            target = {"int": int, "float": float, "bool": bool, "str": str}.get(kind.split(" ")[0])
-            if target is None:
+            if value is None:
+                if "None" in kind:
+                    continue
+                raise ConfigError(
+                    f"{origin}: {f.name} must be {kind.split(' ')[0]}, got null",
+                    hint=f"remove the key to use the default ({f.default!r})",
+                )
+            if isinstance(value, str) and value == AUTO and f.name in AUTO_FIELDS:
                 continue
-            if target is str and isinstance(value, (list, tuple)):  # aux_dims: [512, 1024] in YAML
-                value = ",".join(str(item) for item in value)
-            if target is bool and not isinstance(value, bool):
-                raise ConfigError(f"{origin}: {f.name} must be true or false, got {value!r}")
-            if target is int and isinstance(value, float) and not value.is_integer():
-                raise ConfigError(f"{origin}: {f.name} must be an integer, got {value!r}")
-            try:
-                setattr(self, f.name, target(value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{origin}: {f.name} must be {kind}, got {value!r}") from None
+            target = kind.split(" ")[0]
+            setattr(self, f.name, _coerce_value(origin, f.name, target, value, auto=f.name in AUTO_FIELDS))
 
     def validate(self) -> None:
+        """Check every option's type and range before any work; a ConfigError names the option and its range."""
+        self._coerce("config")
         if self.mining is None:  # batch-all against thousands of stored items is rarely what one wants
             self.mining = "hard" if self.memory != "none" else "all"
         _choice("mining", self.mining, MINING_MODES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("device", self.device, DEVICES)
-        _positive("dim", self.dim)
-        _positive("epochs", self.epochs)
-        _positive("lr", self.lr)
+        if not self.data.strip():
+            raise ConfigError("--data is empty", hint="name digits, glyphs, an image folder or a CSV manifest")
+        _int_range("dim", self.dim, 1, MAX_DIM)
+        _int_range("epochs", self.epochs, 1, MAX_EPOCHS)
+        _number("lr", self.lr, low=0.0, low_open=True)
+        _number("margin", self.margin, low=0.0)
+        _number("weight_decay", self.weight_decay, low=0.0)
+        _int_range("seed", self.seed, 0, MAX_SEED)
         self._check_batch()
         self._check_memory()
         self._check_distill()
@@ -153,10 +183,11 @@ class TrainConfig:
             raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
         if self.crop_scale is not None and not 0.0 < self.crop_scale <= 1.0:
             raise ConfigError(f"--crop-scale must lie in (0, 1], got {self.crop_scale}")
-        if self.input_size is not None and self.input_size < 8:
-            raise ConfigError(f"--input-size must be at least 8 pixels, got {self.input_size}")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.input_size is not None:
+            _int_range("input_size", self.input_size, MIN_INPUT_SIZE, MAX_INPUT_SIZE, unit=" pixels")
+        _int_range("workers", self.workers, 0, MAX_WORKERS)
+        if self.budget is not None:
+            parse_bytes(self.budget, "--budget")
 
     def _check_batch(self) -> None:
         if self.samples_per_class < 2:
@@ -164,10 +195,16 @@ class TrainConfig:
                 f"--samples-per-class must be at least 2 (got {self.samples_per_class})",
                 hint="a triplet needs two images of the anchor's class in the batch",
             )
+        _int_range("samples_per_class", self.samples_per_class, 2, MAX_BATCH // 2)
         if self.batch_size == AUTO:
             return
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ConfigError(f"--batch-size must be a positive integer or auto, got {self.batch_size!r}")
+        if self.batch_size > MAX_BATCH:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} must lie in 1..{MAX_BATCH}, or be auto",
+                hint=f"use --batch-size {MAX_BATCH // self.samples_per_class * self.samples_per_class} or less",
+            )
         if self.batch_size % self.samples_per_class:
             suggested = self.batch_size // self.samples_per_class * self.samples_per_class or self.samples_per_class * 2
             raise ConfigError(
@@ -186,33 +223,32 @@ class TrainConfig:
         if self.memory_size == AUTO:
             if self.memory == "none":
                 raise ConfigError("--memory-size auto needs a cross-batch memory", hint="add --memory xbm, xbn or axbn")
-        elif (
-            not isinstance(self.memory_size, (int, float))
-            or self.memory_size <= 0
-            or (self.memory_size > 1 and not float(self.memory_size).is_integer())
-        ):
+        elif not (
+            isinstance(self.memory_size, (int, float))
+            and 0 < self.memory_size <= MAX_MEMORY_SLOTS
+            and (self.memory_size <= 1 or float(self.memory_size).is_integer())
+        ):  # NaN fails the range test too
             raise ConfigError(
-                f"--memory-size {self.memory_size}: give a whole count (> 1), "
+                f"--memory-size {self.memory_size}: give a whole count (> 1, at most {MAX_MEMORY_SLOTS}), "
                 "a fraction in (0, 1] of the training set, or auto"
             )
-        if self.memory_warmup < 0:
-            raise ConfigError(f"--memory-warmup must be >= 0, got {self.memory_warmup}")
-        if self.axbn_q < 0 or self.axbn_r < 0 or self.axbn_p0 < 0:
-            raise ConfigError("--axbn-q, --axbn-r and --axbn-p0 must be >= 0")
-        if self.axbn_gain_interval < 1:
-            raise ConfigError(f"--axbn-gain-interval must be >= 1, got {self.axbn_gain_interval}")
+        _int_range("memory_warmup", self.memory_warmup, 0, MAX_ITERATIONS)
+        _number("memory_weight", self.memory_weight, low=0.0)
+        for name in ("axbn_q", "axbn_r", "axbn_p0"):
+            _number(name, getattr(self, name), low=0.0)
+        _int_range("axbn_gain_interval", self.axbn_gain_interval, 1, MAX_ITERATIONS)
 
     def _check_distill(self) -> None:
         _choice("distill", self.distill, ("none", "s2sd"))
         dims = self.aux_dim_list
-        if not dims or any(d <= 0 for d in dims):
-            raise ConfigError(f"--aux-dims {self.aux_dims!r}: give positive dimensions, e.g. 512,1024,1536,2048")
+        if not dims or any(not 1 <= d <= MAX_DIM for d in dims):
+            raise ConfigError(f"--aux-dims {self.aux_dims!r}: give dimensions in 1..{MAX_DIM}, e.g. 512,1024,1536,2048")
         if self.distill == "s2sd" and self.teacher is not None:
             raise ConfigError("--distill s2sd and --teacher are two ways to distill; choose one")
-        if self.distill_temperature <= 0:
-            raise ConfigError(f"--distill-temperature must be positive, got {self.distill_temperature}")
-        if self.distill_weight < 0 or self.feature_distill_weight < 0 or self.feature_distill_delay < 0:
-            raise ConfigError("--distill-weight, --feature-distill-weight and --feature-distill-delay must be >= 0")
+        _number("distill_temperature", self.distill_temperature, low=0.0, low_open=True)
+        _number("distill_weight", self.distill_weight, low=0.0)
+        _number("feature_distill_weight", self.feature_distill_weight, low=0.0)
+        _int_range("feature_distill_delay", self.feature_distill_delay, 0, MAX_ITERATIONS)
         if self.feature_distill and self.distill != "s2sd":
             raise ConfigError("--feature-distill is part of S2SD", hint="add --distill s2sd")
 
@@ -259,16 +295,39 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {file} does not exist", hint="pass an existing YAML file to --config")
-    try:
-        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        first_line = str(exc).splitlines()[0]
-        raise ConfigError(f"{file}: not valid YAML ({first_line})") from None
+    loaded = parse_yaml(read_text_file(file, "config file"), str(file))
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{file}: expected a mapping of option: value, got {type(loaded).__name__}")
     return loaded
+
+
+def read_text_file(path: Path, what: str = "file") -> str:
+    """A UTF-8 text file's contents (a BOM is dropped); a ConfigError naming the file if it cannot be read as such."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line})",
+            hint=f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > fixed{path.suffix} (latin-1 source)",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def parse_yaml(text: str, origin: str) -> Any:
+    """``yaml.safe_load``; any failure (PyYAML's own constructors also raise ValueError and others, e.g. for
+    ``2001-13-01``) is a ConfigError naming ``origin``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{origin}: not valid YAML ({first_line})") from None
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{origin}: a value YAML cannot read ({first_line})", hint="quote the value") from None
 
 
 def suggest(key: str, known: list[str]) -> str:
@@ -284,6 +343,62 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{option} {value!r} is not one of {', '.join(choices)}", hint=suggest(value, list(choices)))
 
 
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _int_range(name: str, value: int, low: int, high: int, unit: str = "") -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{_option(name)} must lie in {low}..{high}{unit}, got {value}")
+
+
+def _number(name: str, value: float, low: float, low_open: bool = False) -> None:
+    """A finite number above ``low`` (or at least ``low``); NaN and infinity are refused."""
+    if not (math.isfinite(value) and (value > low if low_open else value >= low)):
+        raise ConfigError(f"{_option(name)} must be a finite number {'>' if low_open else '>='} {low:g}, got {value}")
+
+
+_KINDS = {"int": "int (a whole number)", "float": "float (a number)", "bool": "true or false", "str": "str (text)"}
+
+
+def _coerce_value(origin: str, name: str, target: str, value: Any, auto: bool = False) -> Any:
+    """``value`` as ``target`` (int, float, bool or str), or a ConfigError naming ``origin: name``."""
+    if target not in _KINDS:
+        return value
+    wanted = _KINDS[target] + (' or "auto"' if auto else "")
+    if target == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{origin}: {name} must be true or false, got {value!r}")
+        return value
+    if target == "str":
+        if isinstance(value, (list, tuple)) and name == "aux_dims":  # aux_dims: [512, 1024] in YAML
+            return ",".join(str(item) for item in value)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{origin}: {name} must be {wanted}, got {value!r}", hint=f'quote it: {name}: "..."')
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{origin}: {name} must be {wanted}, got {value!r}")
+    if target == "float":
+        try:
+            return float(value.strip() if isinstance(value, str) else value)
+        except (ValueError, OverflowError):
+            raise ConfigError(f"{origin}: {name} must be {wanted}, got {value!r}") from None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{origin}: {name} must be an integer, got {value!r}")
+        return int(value)
+    try:
+        return int(value.strip())
+    except ValueError:
+        hint = None
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number) and number.is_integer():
+            hint = f"write {name}: {int(number)}"
+        raise ConfigError(f"{origin}: {name} must be {wanted}, got {value!r}", hint=hint) from None

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edgedml.errors import ConfigError
+
 
 def _new_file_mode() -> int:
     """The mode open() would give a new file: 0o666 less the process umask (mkstemp uses 0o600)."""
@@ -59,3 +61,73 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     """Let ``writer`` write a temporary path, then move it onto ``path``."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+# ---- output locations, checked before any work ---------------------------------------------------
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> None:
+    """``path`` is a folder, or one can be made there, and it can be written: else one ConfigError naming ``option``."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{option} {target} is a file, not a folder", hint=f"give {option} a folder path")
+    _check_writable_ancestor(target, option)
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
+    """``path`` is a file, or one can be written there: else one ConfigError naming ``option``."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{option} {target} is a folder, not a file", hint=f"give {option} a file path")
+    _check_writable_ancestor(target.parent, option, shown=target)
+
+
+def _check_writable_ancestor(folder: Path, option: str, shown: Path | None = None) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    shown = shown or folder
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{option} {shown}: {existing} is a file, so nothing can be written under it",
+            hint=f"give {option} a path under a folder",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{option} {shown}: {existing} is not writable", hint=f"give {option} a folder you can write to"
+        )
+
+
+# ---- folders the tool owns ------------------------------------------------------------------------
+
+OWNED_MARKER = ".edgedml-owned.json"
+
+
+def check_owned(folder: str | os.PathLike, option: str = "--out") -> None:
+    """A folder a command may rewrite as a whole (the quick start's): new, empty, or holding only files that
+    the command itself wrote last time (recorded by :func:`record_owned`). Anything else is the user's."""
+    root = Path(folder)
+    if not root.is_dir():
+        return
+    marker = root / OWNED_MARKER
+    owned: set[str] = set()
+    if marker.is_file():
+        try:
+            owned = set(json.loads(marker.read_text(encoding="utf-8"))["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            owned = set()
+    foreign = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p != marker)
+    foreign = [name for name in foreign if name not in owned]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise ConfigError(
+            f"{option} {root} holds files this command did not write ({foreign[0]}{more}); nothing was changed",
+            hint=f"give {option} a new or empty folder, or move those files out of it",
+        )
+
+
+def record_owned(folder: str | os.PathLike) -> None:
+    """Record every file now in ``folder`` as the command's own, for the next :func:`check_owned`."""
+    root = Path(folder)
+    names = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != OWNED_MARKER)
+    write_json(root / OWNED_MARKER, {"files": names})

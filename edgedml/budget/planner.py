@@ -313,7 +313,20 @@ DEFAULT_CUDA_CONTEXT_BYTES = 512 << 20
 
 
 def make_budget(device: DeviceMemory, budget_bytes: int | None = None, margin: float | None = None) -> Budget:
-    """An explicit ``--budget`` wins; otherwise what the device (or profile) has free."""
+    """An explicit ``--budget`` wins; otherwise what the device (or profile) has free.
+
+    A budget must lie between one byte and the device's total memory: more than the device has cannot be
+    used, and planning for it would "fit" any configuration (ConfigError naming the device's total).
+    """
+    if budget_bytes is not None and not 1 <= budget_bytes <= device.total_bytes:
+        total = format_bytes(device.total_bytes)
+        asked = f"{budget_bytes / (1 << 30):.4g} GiB" if budget_bytes >= 1 else f"{budget_bytes} B"
+        raise ConfigError(
+            f"--budget {asked} is more than the {total} total of {device.name} ({device.source})"
+            if budget_bytes >= 1
+            else f"--budget {asked} is less than one byte",
+            hint=f"give a --budget of at most {total}, or leave it out to use what the device has free",
+        )
     if device.cuda_context_bytes is not None:
         fixed = device.cuda_context_bytes
     else:

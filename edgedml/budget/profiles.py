@@ -10,6 +10,7 @@ values must have the declared type and lie in range. ``load_profile`` turns a pr
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,16 +18,17 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgedml.budget.device import GIB, DeviceMemory
-from edgedml.config import suggest
+from edgedml.config import parse_yaml, read_text_file, suggest
 from edgedml.errors import ConfigError
 
 PROFILE_PACKAGE = "edgedml.profiles"
 PROFILE_SUFFIXES = (".yaml", ".yml")
 VERSION = re.compile(r"^\d+(\.\d+)*$")
 COMPUTE_CAPABILITY = re.compile(r"^\d+\.\d+$")
+# No single device a profile describes has more memory (an H200 has 141 GB, a GH200 superchip 624 GB in all);
+# the bound keeps a typo like 8e9 (bytes, not GiB) from planning for a device that cannot exist.
+MAX_MEMORY_GIB = 4096.0
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,14 @@ class ProfileKey:
     check: Callable[[Any], str | None] | None = None
 
 
-def _at_least(low: float, inclusive: bool = True) -> Callable[[Any], str | None]:
+def _at_least(low: float, inclusive: bool = True, high: float | None = None) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         ok = value >= low if inclusive else value > low
-        return None if ok else f"must be {'>=' if inclusive else '>'} {low}"
+        if not ok:
+            return f"must be {'>=' if inclusive else '>'} {low}"
+        if high is not None and not value <= high:
+            return f"must be <= {high}"
+        return None
 
     return check
 
@@ -60,7 +66,9 @@ PROFILE_KEYS: dict[str, ProfileKey] = {
     "name": ProfileKey("str", "profile name, as given to --profile (the file name without .yaml)"),
     "description": ProfileKey("str", "the device in words"),
     "memory_gib": ProfileKey(
-        "float", "physical memory in GiB (shared by CPU and GPU when integrated)", check=_at_least(0, inclusive=False)
+        "float",
+        "physical memory in GiB (shared by CPU and GPU when integrated)",
+        check=_at_least(0, inclusive=False, high=MAX_MEMORY_GIB),
     ),
     "integrated": ProfileKey("bool", "the GPU shares system RAM with the CPU (Jetson)"),
     "os_reserved_gib": ProfileKey(
@@ -103,10 +111,7 @@ def list_profiles() -> list[str]:
 def read_profile(name: str) -> dict[str, Any]:
     """The validated mapping of a shipped profile name or a YAML file path, keys in file order."""
     origin, text = _profile_text(name)
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    loaded = parse_yaml(text, origin)
     if not isinstance(loaded, dict):
         raise ConfigError(f"{origin}: expected a mapping of key: value, got {type(loaded).__name__}")
     return validate_profile(loaded, origin)
@@ -170,7 +175,12 @@ def validate_profile(values: dict[Any, Any], origin: str) -> dict[str, Any]:
                 f"{origin}: {key} must be {spec.kind}{' or null' if spec.nullable else ''}, got {value!r}", hint=hint
             )
         if spec.kind == "float":
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer too large for a float
+                value = math.inf
+            if not math.isfinite(value):
+                raise ConfigError(f"{origin}: {key} must be a finite number, got {value!r}")
         problem = spec.check(value) if spec.check else None
         if problem:
             raise ConfigError(f"{origin}: {key} {problem}, got {value!r}")
@@ -195,7 +205,10 @@ def _has_kind(value: Any, kind: str) -> bool:
 
 
 def _profile_text(name: str) -> tuple[str, str]:
-    """(origin for messages, YAML text) of a shipped profile name or a path to a user file."""
+    """(origin for messages, YAML text) of a shipped profile name or a path to a user file (UTF-8; a file in
+    another encoding is a ConfigError naming it)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"--profile {name!r} is not a profile name", hint="see edgedml profiles list")
     if name.endswith(PROFILE_SUFFIXES) or "/" in name or "\\" in name:
         path = Path(name)
         if not path.is_file():
@@ -205,7 +218,7 @@ def _profile_text(name: str) -> tuple[str, str]:
             else:
                 hint = "pass an existing YAML file, or a name from edgedml profiles list"
             raise ConfigError(f"profile file {path} does not exist", hint=hint)
-        return str(path), path.read_text(encoding="utf-8")
+        return str(path), read_text_file(path, "profile file")
     resource = files(PROFILE_PACKAGE) / f"{name}.yaml"
     if not resource.is_file():
         known = list_profiles()

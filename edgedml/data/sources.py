@@ -2,8 +2,9 @@
 
 - ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes).
 - a folder in the ImageFolder layout, ``root/<class>/<image>``.
-- a CSV manifest with columns ``path,label`` and an optional ``split`` (train / val / test);
-  relative paths are resolved against the manifest's folder.
+- a CSV manifest (UTF-8) with columns ``path,label`` and an optional ``split`` (train / val / test);
+  relative paths are resolved against the manifest's folder and must stay inside it (absolute paths
+  are taken as meant).
 
 Each returns a :class:`Source`: samples (an image path or an in-memory uint8 array, and a class
 name) plus the default input size for that kind of data.
@@ -12,6 +13,8 @@ name) plus the default input size for that kind of data.
 from __future__ import annotations
 
 import csv
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +78,10 @@ def load_source(spec: str, min_classes: int = 2) -> Source:
     if spec in named_sources:
         source = named_sources.create(spec)
     else:
-        path = Path(spec).expanduser()
+        try:
+            path = Path(spec).expanduser()
+        except RuntimeError:  # ~user of a user that does not exist
+            path = Path(spec)
         if path.is_dir():
             source = load_image_folder(path)
         elif path.is_file() and path.suffix.lower() == ".csv":
@@ -108,9 +114,21 @@ def load_image_folder(root: Path) -> Source:
 
 
 def load_csv_manifest(path: Path) -> Source:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
+    """Read a ``path,label[,split]`` manifest (UTF-8, a BOM allowed; a header row is optional).
+
+    A relative path must stay inside the manifest's folder: ``../../etc/shadow`` is a DataError naming
+    the line, so a manifest from elsewhere cannot read files next to it or above it. An absolute path
+    (or ``~/...``) is taken as explicitly meant and accepted wherever it points.
+    """
+    text = _read_manifest_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         numbered = [(reader.line_num, row) for row in reader]  # line_num: the file line the row ends on
+    except csv.Error as exc:
+        raise DataError(
+            f"{path}:{reader.line_num + 1}: not a CSV row ({exc})",
+            hint="write one 'path,label[,split]' row per line; quote cells that hold commas or quotes",
+        ) from None
     rows = [(line_no, row) for line_no, row in numbered if row and any(cell.strip() for cell in row)]
     if not rows:
         raise DataError(f"{path}: manifest is empty", hint="write one 'path,label[,split]' row per image")
@@ -122,21 +140,58 @@ def load_csv_manifest(path: Path) -> Source:
         columns = {"path": 0, "label": 1}
         if len(rows[0][1]) >= 3:
             columns["split"] = 2
+    folder = os.path.abspath(path.parent)
     samples: list[Sample] = []
     for line_no, row in rows:
         try:
             raw_path, label = row[columns["path"]].strip(), row[columns["label"]].strip()
         except IndexError:
             raise DataError(f"{path}:{line_no}: expected 'path,label[,split]', got {','.join(row)!r}") from None
+        if not raw_path or not label:
+            raise DataError(
+                f"{path}:{line_no}: empty {'path' if not raw_path else 'label'} in {','.join(row)!r}",
+                hint="give every row an image path and a class label",
+            )
         split = row[columns["split"]].strip().lower() if "split" in columns and len(row) > columns["split"] else None
         if split == "":
             split = None
         if split is not None and split not in SPLITS:
             raise DataError(f"{path}:{line_no}: split {split!r} is not one of {', '.join(SPLITS)}")
-        image_path = Path(raw_path).expanduser()
+        try:
+            image_path = Path(raw_path).expanduser()
+        except RuntimeError:  # ~user of a user that does not exist
+            raise DataError(
+                f"{path}:{line_no}: cannot expand {raw_path!r} (no such user's home folder)",
+                hint="write the image's absolute path",
+            ) from None
         if not image_path.is_absolute():
             image_path = path.parent / image_path
+            inside = os.path.abspath(image_path)
+            if os.path.commonpath([folder, inside]) != folder:
+                raise DataError(
+                    f"{path}:{line_no}: {raw_path!r} leads outside the manifest's folder {path.parent}",
+                    hint=(
+                        "relative paths must stay inside the manifest's folder; write the absolute path "
+                        "if that image is meant, or move the manifest up to a folder that holds the images"
+                    ),
+                )
         samples.append(Sample(image=str(image_path), label=label, split=split))
     if not samples:
         raise DataError(f"{path}: manifest has a header but no rows")
     return Source(name=str(path), samples=samples, default_input_size=128)
+
+
+def _read_manifest_text(path: Path) -> str:
+    """The manifest's text as UTF-8 (``utf-8-sig``: a byte-order mark is dropped, not read as a path)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the manifest ({exc.strerror or type(exc).__name__})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); the manifest must be UTF-8",
+            hint=f"convert it, e.g. iconv -f latin1 -t utf-8 {path} > {path.with_suffix('.utf8.csv')}",
+        ) from None

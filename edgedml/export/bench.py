@@ -46,6 +46,7 @@ DEFAULT_WARMUP = 5
 DEFAULT_SECONDS = 2.0  # per batch size, when no iteration count is given
 MIN_ITERATIONS = 10  # a time budget still times at least this many calls
 PERCENTILES = (50, 90, 99)
+MAX_SECONDS = 3600.0  # per batch size: an hour is far past a stable percentile (and inf or NaN never ends)
 INPUT_SEED = 0
 
 Clock = Callable[[], float]
@@ -122,8 +123,10 @@ class BenchPlan:
             raise ConfigError(f"--warmup {self.warmup} must be >= 0")
         if self.iterations is not None and self.iterations < 1:
             raise ConfigError(f"--iters {self.iterations} must be >= 1")
-        if self.seconds is not None and not self.seconds > 0:
-            raise ConfigError(f"--seconds {self.seconds} must be > 0")
+        if self.seconds is not None and not 0 < self.seconds <= MAX_SECONDS:
+            raise ConfigError(
+                f"--seconds {self.seconds} must lie in (0, {MAX_SECONDS:g}]", hint="for example --seconds 2"
+            )
 
     @property
     def budget_s(self) -> float | None:
@@ -218,9 +221,26 @@ def open_model(
     """Load a model for timing; ``threads`` goes to onnxruntime's session (PyTorch's are set by ``bench``)."""
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device {device!r} is not one of cpu, cuda")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads {threads} must be >= 1")
+    check_threads(threads)
     return load_embedder(path, runtime, device, threads=threads)
+
+
+def max_threads() -> int:
+    """The most ``--threads`` this machine takes: 4 per CPU. More only oversubscribes the cores, and a huge
+    count makes onnxruntime and OpenMP start that many threads (``--threads 100000`` hangs)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> None:
+    """``threads`` is None (each runtime's default) or lies in 1..max_threads(); a ConfigError naming --threads."""
+    if threads is None:
+        return
+    most = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= most:
+        raise ConfigError(
+            f"--threads {threads} must lie in 1..{most} (4 x the {os.cpu_count() or 1} CPUs of this machine)",
+            hint=f"for example --threads {os.cpu_count() or 1}, or leave it out for each runtime's default",
+        )
 
 
 def environment(threads: int | None) -> dict[str, Any]:
@@ -254,6 +274,7 @@ def bench(
     for the duration (give the same number to :func:`open_model` for onnxruntime).
     """
     plan = plan or BenchPlan()
+    check_threads(threads)
     sizes = resolve_batches(embedder, batches)
     info = embedder.info
     result = BenchResult(

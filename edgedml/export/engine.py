@@ -39,7 +39,7 @@ from edgedml.export.tensorrt import (
     tensorrt_major,
 )
 from edgedml.export.trt_ops import check_tensorrt_ops, describe
-from edgedml.io import atomic_path, write_json
+from edgedml.io import atomic_path, check_output_file, write_json
 from edgedml.progress import SILENT, Progress
 from edgedml.units import parse_bytes
 
@@ -120,6 +120,7 @@ def engine_paths(run_dir: Path, out: str | Path | None) -> tuple[Path, Path]:
     engine = Path(out) if out is not None else run_dir / "model.engine"
     if engine.suffix not in ENGINE_SUFFIXES:
         raise ConfigError(f"--out {engine}: a TensorRT engine must end in .engine or .plan")
+    check_output_file(engine)
     return engine, engine.with_suffix(".onnx")
 
 

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from edgedml.errors import ConfigError
 
 INT8_TARGETS = ("tensorrt", "cpu")
+# The opsets torch's dynamo exporter (torch 2.13, pinned in constraints.txt) writes as asked: below 18 (its
+# torchlib's opset) it tries a down-conversion that fails for these models and silently keeps 18; 23 is the
+# newest opset torch declares (torch.onnx._constants.ONNX_MAX_OPSET); above onnx's newest it silently keeps 18.
+MIN_OPSET, MAX_OPSET = 18, 23
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,19 @@ def check_export_options(format_name: str, given: Mapping[str, object]) -> Forma
     int8_for = given.get("int8_for")
     if int8_for is not None:
         check_int8_target(int8_for)
+    check_opset(given.get("opset"))
     return spec
+
+
+def check_opset(opset: object) -> None:
+    """``--opset`` is None (the exporter's default) or an opset the exporter really writes: MIN_OPSET..MAX_OPSET."""
+    if opset is None:
+        return
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(
+            f"--opset {opset} must lie in {MIN_OPSET}..{MAX_OPSET} (the opsets torch's ONNX exporter writes)",
+            hint=f"use --opset {MIN_OPSET} for the widest runtime support, or leave it out for the exporter's default",
+        )
 
 
 def check_int8_target(int8_for: object) -> None:

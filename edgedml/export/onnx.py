@@ -37,7 +37,7 @@ from edgedml.errors import ConfigError, DataError, ExportError
 from edgedml.export import precision
 from edgedml.export.formats import check_export_options, check_int8_target
 from edgedml.export.runtime import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeEmbedder, check_agreement, embed_samples
-from edgedml.io import atomic_path
+from edgedml.io import atomic_path, check_output_file
 from edgedml.metrics import recall_and_map
 from edgedml.models import EmbeddingModel
 from edgedml.progress import SILENT, Progress
@@ -277,6 +277,7 @@ def _check_options(
     target = Path(out) if out is not None else run_dir / "model.onnx"
     if target.suffix != ".onnx":
         raise ConfigError(f"--out {target}: an ONNX file must end in .onnx")
+    check_output_file(target)
     return target
 
 

@@ -43,7 +43,7 @@ from edgedml.data import (
     train_transform,
 )
 from edgedml.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingError, TrainingInterrupted
-from edgedml.io import append_jsonl, write_json, write_text
+from edgedml.io import append_jsonl, check_output_dir, write_json, write_text
 from edgedml.memory import local_gather, resolve_memory_size
 from edgedml.models import EmbeddingModel, build_model
 from edgedml.objective import Objective, StepOutputs, build_network, build_objective, make_optimizer
@@ -105,6 +105,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, display: Display = SILENT):
+        check_output_dir(run_dir)  # before any work
         self.run = RunDir(Path(run_dir))
         self.display = display
         self.device = resolve_device(config.device)
@@ -545,15 +546,24 @@ class Trainer:
                 f"{self.run.last} was written by a different configuration than {self.run.config}",
                 hint="restore the run's config.yaml, or start a new run",
             )
-        self.model.load_state_dict(strip_prefix(MODEL, tensors))
-        if self.network.aux_heads is not None:
-            self.network.aux_heads.load_state_dict(strip_prefix(AUX, tensors))
-        self.loss_fn.loss.load_state_dict(strip_prefix(LOSS, tensors), strict=self.config.teacher is None)
-        optimizer_from_flat(self.optimizer, tensors, metadata["optimizer"])
-        if metadata.get("scaler"):
-            self.scaler.load_state_dict(metadata["scaler"])
-        torch.set_rng_state(tensors[RNG + "torch"])
-        self.progress = TrainProgress(**metadata["progress"])
+        try:
+            self.model.load_state_dict(strip_prefix(MODEL, tensors))
+            if self.network.aux_heads is not None:
+                self.network.aux_heads.load_state_dict(strip_prefix(AUX, tensors))
+            self.loss_fn.loss.load_state_dict(strip_prefix(LOSS, tensors), strict=self.config.teacher is None)
+            optimizer_from_flat(self.optimizer, tensors, metadata["optimizer"])
+            if metadata.get("scaler"):
+                self.scaler.load_state_dict(metadata["scaler"])
+            torch.set_rng_state(tensors[RNG + "torch"])
+            self.progress = TrainProgress(**metadata["progress"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:  # a damaged or hand-edited checkpoint
+            what = f"{exc.args[0]!r} missing" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            again = f"train it again: edgedml train --config {self.run.config} --out {self.run.root} --overwrite"
+            if self.run.best.is_file():
+                again = f"its best weights still evaluate and export (edgedml eval {self.run.root}); or {again}"
+            raise CheckpointError(
+                f"{self.run.last}: incomplete or damaged ({what}), so the run cannot be resumed", hint=again
+            ) from None
 
 
 def _without_epochs(config: TrainConfig, metadata: dict[str, Any]) -> TrainConfig:
