@@ -49,7 +49,7 @@ def fake_tensorrt(version: str = "10.3.0", fail_parse: bool = False, fail_build:
     """A ``tensorrt`` module that records what the builder was asked to do.
 
     TensorRT 11 has no precision flags: its fake BuilderFlag lacks FP16/INT8, so setting one raises.
-    The "engine" it serializes names the ONNX file it parsed, so a test can run it with onnxruntime.
+    The "engine" it serializes holds the ONNX model it parsed, so a test can run it with onnxruntime.
     """
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
@@ -158,7 +158,8 @@ def fake_tensorrt(version: str = "10.3.0", fail_parse: bool = False, fail_build:
             return Profile()
 
         def build_serialized_network(self, network, config):
-            return None if fail_build else f"FAKE-ENGINE:{calls['parsed']}".encode()
+            # like a real engine, the fake carries the network itself (here: the ONNX it parsed), not a path
+            return None if fail_build else b"FAKE-ENGINE:" + Path(calls["parsed"]).read_bytes()
 
     class Engine:
         num_io_tensors = 2
@@ -203,10 +204,11 @@ def on_this_gpu(monkeypatch):
     monkeypatch.setattr(engine_export, "current_gpu", lambda index=0: GPU)
 
     def run_fake_engine(self, batch):
-        onnx_path = self.path.read_bytes().decode().split(":", 1)[1]
-        from edgedml.export.runtime import OnnxRuntimeEmbedder
+        import onnxruntime
 
-        return OnnxRuntimeEmbedder(onnx_path, ["CPUExecutionProvider"])._run(batch)
+        onnx_bytes = self.path.read_bytes().split(b":", 1)[1]
+        session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: batch})[0]
 
     monkeypatch.setattr(trt_export.TensorRTEmbedder, "_run", run_fake_engine)
 
@@ -231,7 +233,7 @@ def test_tensorrt10_fp16_is_a_builder_flag_on_the_fp32_onnx_with_profile_workspa
     assert trt.calls["profiles"] == [("images", (1, 3, 16, 16), (16, 3, 16, 16), (16, 3, 16, 16))]
     assert trt.calls["cache_in"] == b"earlier-tactics" and build.timing_cache_reused
     assert cache.read_bytes() == b"earlier-tactics+tuned"  # serialized back after the build
-    assert build.engine == f"FAKE-ENGINE:{onnx_path}".encode() and build.input_shape == [-1, 3, 16, 16]
+    assert build.engine == b"FAKE-ENGINE:" + Path(onnx_path).read_bytes() and build.input_shape == [-1, 3, 16, 16]
 
 
 def test_tensorrt10_int8_sets_int8_and_with_half_fp16_for_the_layers_outside_qdq():
@@ -434,7 +436,9 @@ def test_tensorrt11_export_builds_from_the_fp16_onnx(run_copy, on_this_gpu):
     result = engine_export.export_engine(
         run_copy, half=True, workspace="64MiB", timing_cache=run_copy / "t.cache", trt=trt
     )
-    assert trt.calls["parsed"] == str(run_copy / "model.fp16.onnx") and trt.calls["flags"] == []
+    # built from the fp16 ONNX (staged beside the engine, then moved into place), with no precision flag
+    assert Path(trt.calls["parsed"]).name == "model.fp16.onnx" and trt.calls["flags"] == []
+    assert result.onnx_path == run_copy / "model.fp16.onnx" and result.onnx_path.is_file()
     sidecar = read_sidecar(result.path)
     assert (
         sidecar["precision"] == "fp16"
@@ -467,10 +471,11 @@ def test_cli_without_tensorrt_checks_the_graph_then_says_how_to_install_it(cli, 
     assert result.exit_code == 1, str(result)
     assert result.error_lines == [
         "error: TensorRT is not installed (import tensorrt failed); "
-        "model.onnx written and every operator is one TensorRT 10 parses"
+        "nothing was written, and every operator of the exported graph is one TensorRT 10 parses"
     ]
-    assert "pip install 'edgedml[tensorrt]'" in result.hint_lines[0]
-    assert (run_copy / "model.onnx").is_file() and not (run_copy / "model.engine").exists()
+    assert "pip install 'edgedml[tensorrt]'" in result.hint_lines[0] and "--format onnx" in result.hint_lines[0]
+    before = sorted(p.name for p in run_copy.iterdir())
+    assert not any(name.startswith(("model.", "export.json", ".model.engine")) for name in before)  # all or nothing
     monkeypatch.setattr(trt_export, "JETSON_MARKER", run_copy / "config.yaml")  # any existing file: "a Jetson"
     assert "python3-libnvinfer" in trt_export.install_hint()
 

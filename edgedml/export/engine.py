@@ -10,6 +10,8 @@ run against the fp32 ONNX and renamed only if it agrees; then its sidecar), and,
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -146,21 +148,28 @@ def export_engine(
     batch = batch or BatchRange.dynamic()
     workspace_bytes, workspace_source = resolve_workspace(workspace, profile)
     precision = "int8" if int8 else "fp16" if half else "fp32"
-    summary = _export_checked_onnx(run_dir, onnx_out, batch, checkpoint, half, int8, calib_data, opset, progress)
-    trt = trt or _tensorrt_after(summary)
-    gpu = current_gpu()
-    plan = plan_precision(precision, tensorrt_major(trt), fp16_fallback=half and int8)
-    onnx_path = _onnx_for(plan, summary, str(trt.__version__))
-    if workspace_bytes is None:
-        workspace_bytes, workspace_source = probe_workspace()
-    cache = Path(timing_cache) if timing_cache is not None else default_timing_cache(str(trt.__version__), gpu)
-    progress.stage(
-        f"building the {precision} TensorRT engine (TensorRT {trt.__version__}, {gpu.name}; minutes on a Jetson)"
-    )
-    build = build_engine(onnx_path, plan, batch, workspace_bytes, cache, trt=trt)
-    sidecar = make_sidecar(build, gpu, onnx_path, read_metadata(onnx_path), workspace_source)
-    progress.stage("running the engine against the ONNX model")
-    check = _write_checked_engine(engine_path, build, sidecar, trt, summary.path, run_dir)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    # The ONNX files are made in a scratch folder beside the engine and moved into place (export.json last)
+    # only once the engine is written and checked: a failed engine export changes no earlier export.
+    with tempfile.TemporaryDirectory(prefix=f".{engine_path.name}.", dir=engine_path.parent) as scratch:
+        staged = Path(scratch) / onnx_out.name
+        summary = _export_checked_onnx(run_dir, staged, batch, checkpoint, half, int8, calib_data, opset, progress)
+        trt = trt or _tensorrt_after(summary)
+        gpu = current_gpu()
+        plan = plan_precision(precision, tensorrt_major(trt), fp16_fallback=half and int8)
+        staged_onnx = _onnx_for(plan, summary, str(trt.__version__))
+        onnx_path = onnx_out.parent / staged_onnx.name
+        if workspace_bytes is None:
+            workspace_bytes, workspace_source = probe_workspace()
+        cache = Path(timing_cache) if timing_cache is not None else default_timing_cache(str(trt.__version__), gpu)
+        progress.stage(
+            f"building the {precision} TensorRT engine (TensorRT {trt.__version__}, {gpu.name}; minutes on a Jetson)"
+        )
+        build = build_engine(staged_onnx, plan, batch, workspace_bytes, cache, trt=trt)
+        sidecar = make_sidecar(build, gpu, onnx_path, read_metadata(staged_onnx), workspace_source)
+        progress.stage("running the engine against the ONNX model")
+        check = _write_checked_engine(engine_path, build, sidecar, trt, summary.path, run_dir)
+        _move_onnx_into_place(summary, onnx_out.parent)
     result = EngineExport(
         path=engine_path,
         sidecar=sidecar_path(engine_path),
@@ -219,14 +228,24 @@ def _export_checked_onnx(
 
 
 def _tensorrt_after(summary: ExportSummary) -> ModuleType:
-    """``tensorrt``, or an error that also says what was written and that it will parse."""
+    """``tensorrt``, or an error that also says that the graph would parse (nothing is written)."""
     try:
         return import_tensorrt()
     except ExportError as exc:
-        written = ", ".join(Path(f.path).name for f in summary.files.values())
         raise ExportError(
-            f"{exc.message}; {written} written and every operator is one TensorRT 10 parses", exc.hint
+            f"{exc.message}; nothing was written, and every operator of the exported graph is one TensorRT 10 parses",
+            f"{exc.hint}; or export ONNX here (--format onnx) and build the engine on the device",
         ) from None
+
+
+def _move_onnx_into_place(summary: ExportSummary, folder: Path) -> None:
+    """The staged ONNX files to ``folder``, then their export.json naming the files where they now are."""
+    for exported in summary.files.values():
+        final = folder / exported.path.name
+        os.replace(exported.path, final)
+        exported.path = final
+    summary.summary_path = folder / summary.summary_path.name
+    write_json(summary.summary_path, summary.to_dict())
 
 
 def _onnx_for(plan: PrecisionPlan, summary: ExportSummary, tensorrt_version: str) -> Path:
