@@ -272,3 +272,14 @@ def test_output_paths_that_cannot_be_written_are_refused_before_any_work(cli, tr
     result = cli("bench", model, "--iters", "1", "--batch", "1", "--out", read_only / "bench.json")
     assert_clean_error(result, f"{read_only} is not writable", code=2)
     assert not list(read_only.iterdir())
+
+
+def test_a_failed_engine_export_changes_no_earlier_export(cli, run_copy, monkeypatch):
+    import sys
+
+    assert cli("export", run_copy, "--half").exit_code == 0
+    before = digests(run_copy)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt fails, after the ONNX export and its checks
+    result = cli("export", run_copy, "--format", "engine", "--half", "--workspace", "256MiB")
+    assert_clean_error(result, "TensorRT is not installed", "nothing was written")
+    assert digests(run_copy) == before  # export.json and the earlier model.onnx / model.fp16.onnx untouched
