@@ -44,7 +44,10 @@ def load_embedder(
     """
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"{path}: no such model file or run directory")
+        raise ConfigError(
+            f"{path}: no such model file or run directory",
+            hint="give a run directory of edgedml train, or a model it exported (edgedml export RUN_DIR)",
+        )
     needed = runtime_for(path)
     runtime = runtime or needed
     if runtime not in RUNTIMES:

@@ -146,6 +146,9 @@ class Trainer:
         context = init_from_environment(self.device.type)
         if context.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", context.local_rank)
+        if not context.is_main:  # rank 0 reports: the others neither draw progress nor repeat its warnings
+            self.display = SILENT
+            logging.getLogger("edgedml").setLevel(logging.ERROR)
         return context
 
     def _cap_cuda(self) -> None:
