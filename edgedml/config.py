@@ -178,11 +178,18 @@ class TrainConfig:
         self._check_memory()
         self._check_distill()
         if not 0.0 < self.train_classes < 1.0:
-            raise ConfigError(f"--train-classes must lie in (0, 1), got {self.train_classes}")
+            raise ConfigError(
+                f"--train-classes must lie in (0, 1), got {self.train_classes}", hint=_example("train_classes")
+            )
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
+            raise ConfigError(
+                f"--val-fraction must lie in [0, 1), got {self.val_fraction}", hint=_example("val_fraction")
+            )
         if self.crop_scale is not None and not 0.0 < self.crop_scale <= 1.0:
-            raise ConfigError(f"--crop-scale must lie in (0, 1], got {self.crop_scale}")
+            raise ConfigError(
+                f"--crop-scale must lie in (0, 1], got {self.crop_scale}",
+                hint="for example --crop-scale 0.6 (1 disables random crops)",
+            )
         if self.input_size is not None:
             _int_range("input_size", self.input_size, MIN_INPUT_SIZE, MAX_INPUT_SIZE, unit=" pixels")
         _int_range("workers", self.workers, 0, MAX_WORKERS)
@@ -203,7 +210,10 @@ class TrainConfig:
         if self.batch_size > MAX_BATCH:
             raise ConfigError(
                 f"--batch-size {self.batch_size} must lie in 1..{MAX_BATCH}, or be auto",
-                hint=f"use --batch-size {MAX_BATCH // self.samples_per_class * self.samples_per_class} or less",
+                hint=(
+                    f"for example --batch-size {MAX_BATCH // self.samples_per_class * self.samples_per_class} "
+                    "(the most), or --batch-size auto"
+                ),
             )
         if self.batch_size % self.samples_per_class:
             suggested = self.batch_size // self.samples_per_class * self.samples_per_class or self.samples_per_class * 2
@@ -230,7 +240,8 @@ class TrainConfig:
         ):  # NaN fails the range test too
             raise ConfigError(
                 f"--memory-size {self.memory_size}: give a whole count (> 1, at most {MAX_MEMORY_SLOTS}), "
-                "a fraction in (0, 1] of the training set, or auto"
+                "a fraction in (0, 1] of the training set, or auto",
+                hint=_example("memory_size"),
             )
         _int_range("memory_warmup", self.memory_warmup, 0, MAX_ITERATIONS)
         _number("memory_weight", self.memory_weight, low=0.0)
@@ -242,7 +253,9 @@ class TrainConfig:
         _choice("distill", self.distill, ("none", "s2sd"))
         dims = self.aux_dim_list
         if not dims or any(not 1 <= d <= MAX_DIM for d in dims):
-            raise ConfigError(f"--aux-dims {self.aux_dims!r}: give dimensions in 1..{MAX_DIM}, e.g. 512,1024,1536,2048")
+            raise ConfigError(
+                f"--aux-dims {self.aux_dims!r}: give dimensions in 1..{MAX_DIM}", hint=_example("aux_dims")
+            )
         if self.distill == "s2sd" and self.teacher is not None:
             raise ConfigError("--distill s2sd and --teacher are two ways to distill; choose one")
         _number("distill_temperature", self.distill_temperature, low=0.0, low_open=True)
@@ -347,15 +360,30 @@ def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
+def _example(name: str) -> str:
+    """A hint that works: the option's default, which always passes validation."""
+    default = _default(name)
+    if default is None:
+        return f"leave {_option(name)} out to use the data source's default"
+    return f"for example {_option(name)} {default} (the default)"
+
+
 def _int_range(name: str, value: int, low: int, high: int, unit: str = "") -> None:
     if not low <= value <= high:
-        raise ConfigError(f"{_option(name)} must lie in {low}..{high}{unit}, got {value}")
+        raise ConfigError(f"{_option(name)} must lie in {low}..{high}{unit}, got {value}", hint=_example(name))
 
 
 def _number(name: str, value: float, low: float, low_open: bool = False) -> None:
     """A finite number above ``low`` (or at least ``low``); NaN and infinity are refused."""
     if not (math.isfinite(value) and (value > low if low_open else value >= low)):
-        raise ConfigError(f"{_option(name)} must be a finite number {'>' if low_open else '>='} {low:g}, got {value}")
+        raise ConfigError(
+            f"{_option(name)} must be a finite number {'>' if low_open else '>='} {low:g}, got {value}",
+            hint=_example(name),
+        )
 
 
 _KINDS = {"int": "int (a whole number)", "float": "float (a number)", "bool": "true or false", "str": "str (text)"}
@@ -366,9 +394,13 @@ def _coerce_value(origin: str, name: str, target: str, value: Any, auto: bool = 
     if target not in _KINDS:
         return value
     wanted = _KINDS[target] + (' or "auto"' if auto else "")
+    default = _default(name)
+    example = f"write e.g. {name}: {default} (the default)" if default is not None else f"remove {name} or {wanted}"
     if target == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{origin}: {name} must be true or false, got {value!r}")
+            raise ConfigError(
+                f"{origin}: {name} must be true or false, got {value!r}", hint=f"write {name}: true or {name}: false"
+            )
         return value
     if target == "str":
         if isinstance(value, (list, tuple)) and name == "aux_dims":  # aux_dims: [512, 1024] in YAML
@@ -379,22 +411,22 @@ def _coerce_value(origin: str, name: str, target: str, value: Any, auto: bool = 
             return str(value)
         raise ConfigError(f"{origin}: {name} must be {wanted}, got {value!r}", hint=f'quote it: {name}: "..."')
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{origin}: {name} must be {wanted}, got {value!r}")
+        raise ConfigError(f"{origin}: {name} must be {wanted}, got {value!r}", hint=example)
     if target == "float":
         try:
             return float(value.strip() if isinstance(value, str) else value)
         except (ValueError, OverflowError):
-            raise ConfigError(f"{origin}: {name} must be {wanted}, got {value!r}") from None
+            raise ConfigError(f"{origin}: {name} must be {wanted}, got {value!r}", hint=example) from None
     if isinstance(value, int):
         return value
     if isinstance(value, float):
         if not value.is_integer():
-            raise ConfigError(f"{origin}: {name} must be an integer, got {value!r}")
+            raise ConfigError(f"{origin}: {name} must be an integer, got {value!r}", hint=example)
         return int(value)
     try:
         return int(value.strip())
     except ValueError:
-        hint = None
+        hint = example
         try:
             number = float(value)
         except ValueError:

@@ -169,7 +169,7 @@ def validate_profile(values: dict[Any, Any], origin: str) -> dict[str, Any]:
             hint = (
                 f"quote it: {key}: {QUOTE_HINTS[key]}"
                 if key in QUOTE_HINTS and isinstance(value, (int, float))
-                else None
+                else _range_hint(key)
             )
             raise ConfigError(
                 f"{origin}: {key} must be {spec.kind}{' or null' if spec.nullable else ''}, got {value!r}", hint=hint
@@ -180,16 +180,20 @@ def validate_profile(values: dict[Any, Any], origin: str) -> dict[str, Any]:
             except OverflowError:  # an integer too large for a float
                 value = math.inf
             if not math.isfinite(value):
-                raise ConfigError(f"{origin}: {key} must be a finite number, got {value!r}")
+                raise ConfigError(f"{origin}: {key} must be a finite number, got {value!r}", hint=_range_hint(key))
         problem = spec.check(value) if spec.check else None
         if problem:
-            raise ConfigError(f"{origin}: {key} {problem}, got {value!r}")
+            raise ConfigError(f"{origin}: {key} {problem}, got {value!r}", hint=_range_hint(key))
         clean[key] = value
     if clean["os_reserved_gib"] + clean["cuda_context_gib"] >= clean["memory_gib"]:
         raise ConfigError(
             f"{origin}: os_reserved_gib + cuda_context_gib leave no memory of memory_gib {clean['memory_gib']}"
         )
     return clean
+
+
+def _range_hint(key: str) -> str:
+    return f"{key} is the {PROFILE_KEYS[key].meaning}; edgedml profiles show orin-nano-8gb shows values that load"
 
 
 def _has_kind(value: Any, kind: str) -> bool:

@@ -13,16 +13,51 @@ from edgedml.errors import DataError
 
 log = logging.getLogger(__name__)
 
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+# DecompressionBombError: a header claiming more than twice Image.MAX_IMAGE_PIXELS (a 20000 x 20000 PNG of a
+# few bytes); it is not an OSError, and such a file is skipped like any other unreadable one.
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 SHOWN_PATHS = 5
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def load_image(image: ImageRef) -> Image.Image:
-    """Decode a path or uint8 array into an RGB PIL image; raises one of ``DECODE_ERRORS`` on failure."""
+    """Decode a path or array into an RGB PIL image; raises one of ``DECODE_ERRORS`` on failure.
+
+    8-bit images convert as Pillow converts them. Wider grey images are scaled to 0..255 first, since
+    Pillow's conversion clips every value above 255 to white: 16-bit ones (``I;16``: 16-bit PNG, TIFF) by
+    their full range 0..65535 (so a dark 16-bit image stays as dark as its 8-bit version), 32-bit integer
+    (``I``) and float (``F``) ones by the range their values use (see :func:`to_rgb`).
+    """
     if isinstance(image, np.ndarray):
-        return Image.fromarray(image).convert("RGB")
+        return to_rgb(Image.fromarray(image))
     with Image.open(image) as opened:
-        return opened.convert("RGB")
+        return to_rgb(opened)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, wide grey modes scaled to 0..255 instead of clipped."""
+    if image.mode in SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        image = Image.fromarray(_to_uint8(np.asarray(image), image.mode))
+    return image.convert("RGB")
+
+
+def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Grey values of a wide mode as uint8: 16-bit by 0..65535; ``I`` and ``F`` by the range they use
+    (0..255 and 0..65535 kept as 8 and 16 bit, floats in [0, 1] as fractions, anything else stretched
+    from its minimum to its maximum)."""
+    if mode in SIXTEEN_BIT_MODES:  # round(v * 255 / 65535) in integers: no float copy of a large image
+        return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode == "F" and low >= 0.0 and high <= 1.0:
+        top = 1.0
+    elif low >= 0.0 and high <= 255.0:
+        top = 255.0
+    elif low >= 0.0 and high <= 65535.0:
+        top = 65535.0
+    else:
+        values, top = values - low, max(high - low, 1e-12)
+    return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
 def check_image(image: ImageRef) -> str | None:

@@ -137,10 +137,9 @@ class BenchPlan:
 
 def parse_batches(text: str) -> list[int]:
     """``"1,8,32"`` -> [1, 8, 32]; anything else is a ConfigError naming ``--batch``."""
-    parts = [part.strip() for part in text.split(",")]
     try:
-        batches = [int(part) for part in parts]
-    except ValueError:
+        batches = [int(part.strip()) for part in text.split(",")]
+    except (ValueError, AttributeError):  # not integers, or not text at all
         batches = []
     if not batches or any(not 1 <= b <= MAX_BATCH for b in batches):
         raise ConfigError(

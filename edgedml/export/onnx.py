@@ -35,7 +35,7 @@ from edgedml.data import ImageDataset, PreparedData, Sample, class_indices, eval
 from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgedml.errors import ConfigError, DataError, ExportError
 from edgedml.export import precision
-from edgedml.export.formats import check_export_options, check_int8_target
+from edgedml.export.formats import check_export_options, check_int8_target, check_opset
 from edgedml.export.runtime import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeEmbedder, check_agreement, embed_samples
 from edgedml.io import atomic_path, check_output_file
 from edgedml.metrics import recall_and_map
@@ -270,6 +270,7 @@ def _check_options(
     out: str | Path | None, run_dir: Path, batch: int | None, int8: bool, calib_data: str | None, int8_for: str
 ) -> Path:
     """Refuse what cannot work before any work (the format table's rules, the batch range); the fp32 file's path."""
+    check_opset(opset)
     check_int8_target(int8_for)  # the default (tensorrt) is always passed, so only its value is checked here
     check_export_options("onnx", {"batch": batch, "int8": int8, "calib_data": calib_data})
     if batch is not None and not 1 <= batch <= MAX_BATCH:
