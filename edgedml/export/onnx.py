@@ -203,6 +203,7 @@ def export_onnx(
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
+    check_opset(opset)
     target = _check_options(out, run_dir, batch, int8, calib_data, int8_for)
     targets = {"fp32": target} | {
         name: target.with_name(f"{target.stem}.{name}.onnx")
@@ -270,7 +271,6 @@ def _check_options(
     out: str | Path | None, run_dir: Path, batch: int | None, int8: bool, calib_data: str | None, int8_for: str
 ) -> Path:
     """Refuse what cannot work before any work (the format table's rules, the batch range); the fp32 file's path."""
-    check_opset(opset)
     check_int8_target(int8_for)  # the default (tensorrt) is always passed, so only its value is checked here
     check_export_options("onnx", {"batch": batch, "int8": int8, "calib_data": calib_data})
     if batch is not None and not 1 <= batch <= MAX_BATCH:
