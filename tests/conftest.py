@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from helpers import CliResult
 from PIL import Image
 
 # On a 2-core machine that is busy elsewhere, two OpenMP threads make each tiny conv 10-50x slower
@@ -114,25 +115,6 @@ def with_option(options: Sequence[str], name: str, value: str) -> list[str]:
 @pytest.fixture(scope="session")
 def set_option():
     return with_option
-
-
-@dataclass
-class CliResult:
-    exit_code: int
-    output: str  # stdout and stderr as the user sees them, ANSI codes removed
-    stdout: str
-    exception: BaseException | None
-
-    @property
-    def error_lines(self) -> list[str]:
-        return [line for line in self.output.splitlines() if line.startswith("error:")]
-
-    @property
-    def hint_lines(self) -> list[str]:
-        return [line for line in self.output.splitlines() if line.startswith("hint:")]
-
-    def __str__(self) -> str:  # shown by failing asserts
-        return f"exit code {self.exit_code}, exception {self.exception!r}\n{self.output}"
 
 
 class Cli:

@@ -3,12 +3,12 @@ the state the tool left, no traceback, and every file that was there before unch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_error, digests
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -38,28 +38,6 @@ def export_fp32(run: Path, out: Path, **options) -> Path:
     return export_onnx(run, out=out, evaluate=False, **options).files["fp32"].path
 
 
-def digests(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder``, by relative path."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def assert_clean_error(result, *expected: str, code: int | None = None) -> None:
-    """Failed with one error line holding each of ``expected`` and no traceback (the fix is the hint line, or, for
-    an option out of range, the allowed range in the message itself)."""
-    assert result.exit_code != 0, str(result)
-    if code is not None:
-        assert result.exit_code == code, str(result)
-    assert len(result.error_lines) == 1, str(result)
-    for text in expected:
-        assert text in result.error_lines[0], str(result)
-    assert result.hint_lines or "must" in result.error_lines[0], str(result)
-    assert "Traceback" not in result.output, str(result)
-
-
 # ---- data already there is never destroyed ----------------------------------------------------------
 
 
@@ -67,14 +45,14 @@ def assert_clean_error(result, *expected: str, code: int | None = None) -> None:
 def test_resume_with_epochs_below_one_is_refused_and_changes_nothing(cli, run_copy, epochs):
     before = digests(run_copy)
     result = cli("train", "--resume", run_copy, "--epochs", epochs)
-    assert_clean_error(result, "--epochs", code=2)
+    assert_one_error(result, "--epochs", code=2)
     assert digests(run_copy) == before
 
 
 def test_resume_with_fewer_epochs_than_trained_is_refused_and_the_hint_works(cli, run_copy):
     before = digests(run_copy)
     result = cli("train", "--resume", run_copy, "--epochs", "1")
-    assert_clean_error(result, "--epochs 1", "has already trained 2 epoch(s)", code=2)
+    assert_one_error(result, "--epochs 1", "has already trained 2 epoch(s)", code=2)
     assert "--epochs 3" in result.hint_lines[0] and f"edgedml eval {run_copy}" in result.hint_lines[0]
     assert digests(run_copy) == before
     assert cli("eval", run_copy, "--json").exit_code == 0
@@ -118,7 +96,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_says_so_and_the_hint_wor
     run.mkdir()
     (run / "config.yaml").write_text(Trainer(config, run).config.to_yaml())  # what such a run leaves
     result = cli("train", "--resume", run)
-    assert_clean_error(result, "stopped before its first checkpoint", "nothing to resume")
+    assert_one_error(result, "stopped before its first checkpoint", "nothing to resume")
     command = result.hint_lines[0].split("start it again: ", 1)[1]
     assert command == f"edgedml train --config {run / 'config.yaml'} --out {run}"
     assert cli(*command.split()[1:]).exit_code == 0 and (run / "last.safetensors").is_file()
@@ -148,7 +126,7 @@ def test_a_last_checkpoint_without_optimizer_state_cannot_resume_and_says_what_s
     save_file(tensors, str(run_copy / "last.safetensors"), metadata=metadata)
     before = digests(run_copy)
     result = cli("train", "--resume", run_copy, "--epochs", "3")
-    assert_clean_error(result, "last.safetensors: incomplete or damaged", "'optimizer' missing")
+    assert_one_error(result, "last.safetensors: incomplete or damaged", "'optimizer' missing")
     assert f"edgedml eval {run_copy}" in result.hint_lines[0] and "--overwrite" in result.hint_lines[0]
     assert digests(run_copy) == before
     assert cli("eval", run_copy, "--json").exit_code == 0
@@ -175,7 +153,7 @@ def test_quickstart_refuses_a_folder_holding_the_users_files(cli, tmp_path):
     (out / "queries" / "holiday.jpg").write_bytes(b"not the quick start's")
     before = digests(out)
     result = cli("quickstart", "--out", out)
-    assert_clean_error(result, f"--out {out}", "queries/holiday.jpg", code=2)
+    assert_one_error(result, f"--out {out}", "queries/holiday.jpg", code=2)
     assert digests(out) == before
 
 
@@ -206,7 +184,7 @@ def test_a_damaged_index_json_is_refused_and_overwrite_rebuilds_it(cli, trained,
     (out / META_FILE).write_text(json.dumps(meta))
     before = digests(out)
     result = cli("search", out, trained.data / "class0" / "0.png")
-    assert_clean_error(result, str(out / META_FILE), expected)
+    assert_one_error(result, str(out / META_FILE), expected)
     assert digests(out) == before
     rebuild = (
         result.hint_lines[0].split("rebuild it: ", 1)[1].replace("MODEL", str(model)).replace("SPEC", str(trained.data))
@@ -219,7 +197,7 @@ def test_a_deleted_faiss_file_is_refused_and_the_hinted_overwrite_works(cli, tra
     model, out = built_index
     (out / "index.1.faiss").unlink()
     result = cli("search", out, trained.data / "class0" / "0.png")
-    assert_clean_error(result, "the index files are missing or damaged")
+    assert_one_error(result, "the index files are missing or damaged")
     assert "--overwrite" in result.hint_lines[0]
     assert cli("index", model, "--gallery", trained.data, "--out", out, "--overwrite").exit_code == 0
     assert cli("search", out, trained.data / "class0" / "0.png").exit_code == 0
@@ -230,7 +208,7 @@ def test_search_opens_the_recorded_model_only_if_it_is_still_that_model(cli, tra
     other = export_fp32(trained.run, tmp_path / "other.onnx", batch=2)  # a different file, same run
     shutil.copyfile(other, model)  # the path index.json records now holds another file
     result = cli("search", out, trained.data / "class0" / "0.png")
-    assert_clean_error(result, "is no longer the model that built the index", "sha256")
+    assert_one_error(result, "is no longer the model that built the index", "sha256")
     assert "--model" in result.hint_lines[0]
 
 
@@ -244,7 +222,7 @@ def test_eval_refuses_recorded_data_that_is_not_here_and_says_which_data_it_read
     model = export_fp32(run, tmp_path / "model.onnx")
     shutil.rmtree(data)
     result = cli("eval", model)
-    assert_clean_error(result, "its metadata names the data", str(data), "does not exist")
+    assert_one_error(result, "its metadata names the data", str(data), "does not exist")
     assert f"edgedml eval {model} --data PATH" in result.hint_lines[0]
     again = cli("eval", model, "--data", trained.data)
     assert again.exit_code == 0 and f"of {trained.data}, split as model.onnx's run" in again.output
@@ -263,14 +241,14 @@ def test_output_paths_that_cannot_be_written_are_refused_before_any_work(cli, tr
         (("quickstart", "--out", a_file / "q"), f"{a_file} is a file"),
     ]
     for arguments, expected in cases:
-        assert_clean_error(cli(*arguments), expected, code=2)
+        assert_one_error(cli(*arguments), expected, code=2)
     assert a_file.read_text() == "x"
     read_only = tmp_path / "read-only"
     read_only.mkdir()
     monkeypatch.setattr("edgedml.io.os.access", lambda path, mode: Path(path) != read_only)  # root writes anywhere
     model = export_fp32(trained.run, tmp_path / "model.onnx")
     result = cli("bench", model, "--iters", "1", "--batch", "1", "--out", read_only / "bench.json")
-    assert_clean_error(result, f"{read_only} is not writable", code=2)
+    assert_one_error(result, f"{read_only} is not writable", code=2)
     assert not list(read_only.iterdir())
 
 
@@ -281,5 +259,5 @@ def test_a_failed_engine_export_changes_no_earlier_export(cli, run_copy, monkeyp
     before = digests(run_copy)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt fails, after the ONNX export and its checks
     result = cli("export", run_copy, "--format", "engine", "--half", "--workspace", "256MiB")
-    assert_clean_error(result, "TensorRT is not installed", "nothing was written")
+    assert_one_error(result, "TensorRT is not installed", "nothing was written")
     assert digests(run_copy) == before  # export.json and the earlier model.onnx / model.fp16.onnx untouched

@@ -7,7 +7,6 @@ works; an unreadable image is skipped with a warning like any other; the files t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import struct
 import zlib
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_error, sha256
 from PIL import Image
 
 from edgedml.budget.profiles import load_profile, read_profile
@@ -24,19 +24,6 @@ from edgedml.data import load_image, load_source, scan_samples
 from edgedml.data.images import DECODE_ERRORS, check_image
 from edgedml.data.transforms import pil_to_tensor
 from edgedml.errors import ConfigError, DataError
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def assert_one_error(result, *fragments: str) -> None:
-    assert result.exit_code != 0, str(result)
-    assert len(result.error_lines) == 1, str(result)
-    for fragment in fragments:
-        assert fragment in result.error_lines[0], str(result)
-    assert len(result.hint_lines) == 1, str(result)
-    assert "Traceback" not in result.output, str(result)
 
 
 @pytest.fixture

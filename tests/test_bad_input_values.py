@@ -7,15 +7,14 @@ line, no traceback, and leaves the files it was given as they were.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from importlib.resources import files
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import assert_one_error, digests, sha256
 
 from edgedml.budget.device import GIB, DeviceMemory
 from edgedml.budget.planner import make_budget
@@ -25,24 +24,6 @@ from edgedml.errors import ConfigError
 from edgedml.export.bench import BenchPlan, check_threads, max_threads, parse_batches
 from edgedml.export.formats import MAX_OPSET, MIN_OPSET, check_export_options, check_opset
 from edgedml.units import parse_bytes
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_one_error(result, *fragments: str) -> None:
-    """Non-zero exit, one error line holding every fragment, one hint line, no traceback."""
-    assert result.exit_code != 0, str(result)
-    assert len(result.error_lines) == 1, str(result)
-    for fragment in fragments:
-        assert fragment in result.error_lines[0], str(result)
-    assert len(result.hint_lines) == 1, str(result)
-    assert "Traceback" not in result.output, str(result)
 
 
 def hint_override(hint: str) -> dict[str, str]:

@@ -31,12 +31,13 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CliResult
 from PIL import Image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -269,23 +270,11 @@ def producers(path: str) -> list[Command]:
 
 
 @dataclass
-class Outcome:
-    args: list[str]  # as run
-    exit_code: int
-    output: str
-    stdout: str
-    exception: BaseException | None
-
-    @property
-    def error_lines(self) -> list[str]:
-        return [line for line in self.output.splitlines() if line.startswith("error:")]
-
-    @property
-    def hint_lines(self) -> list[str]:
-        return [line for line in self.output.splitlines() if line.startswith("hint:")]
+class Outcome(CliResult):
+    args: list[str] = field(default_factory=list)  # the command as run
 
     def __str__(self) -> str:
-        return f"ran: {shlex.join(self.args)}\nexit code {self.exit_code}, exception {self.exception!r}\n{self.output}"
+        return f"ran: {shlex.join(self.args)}\n{super().__str__()}"
 
 
 class Workspace:
@@ -361,7 +350,7 @@ class Workspace:
         finally:
             os.chdir(cwd)
             torch.set_num_threads(threads)  # bench --threads sets PyTorch's process-wide count
-        return Outcome(["edgedml", *args], result.exit_code, result.output, result.stdout, result.exception)
+        return Outcome(result.exit_code, result.output, result.stdout, result.exception, ["edgedml", *args])
 
     def _torchrun(self, command: Command) -> Outcome:
         launcher = list(command.args[1 : command.args.index("-m")])
@@ -371,11 +360,11 @@ class Workspace:
         done = subprocess.run([*run, *args], capture_output=True, text=True, env=env, timeout=600, cwd=self.root)
         output = done.stdout + done.stderr
         return Outcome(
-            ["torchrun", "--standalone", *launcher, "-m", "edgedml.cli.main", *args],
             done.returncode,
             output,
             done.stdout,
             None,
+            ["torchrun", "--standalone", *launcher, "-m", "edgedml.cli.main", *args],
         )
 
 
