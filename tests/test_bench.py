@@ -145,6 +145,8 @@ def test_batch_strings():
         ({"iterations": 3, "seconds": 1.0}, "exclude each other"),
         ({"warmup": -1}, "--warmup"),
         ({"iterations": 0}, "--iters"),
+        ({"warmup": 100_001}, r"--warmup 100001 must lie in 0\.\.100,000"),
+        ({"iterations": 10**9}, r"--iters 1000000000 must lie in 1\.\.100,000"),
         ({"seconds": 0.0}, "--seconds"),
     ],
 )

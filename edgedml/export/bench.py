@@ -109,6 +109,10 @@ class BenchResult:
 
 
 @dataclass(frozen=True)
+# Calls per batch size: enough for stable p99s of the slowest model, bounded so that a typo cannot run for days.
+MAX_CALLS = 100_000
+
+
 class BenchPlan:
     """How long to time each batch size: a fixed number of calls, or a time budget (at least MIN_ITERATIONS calls)."""
 
@@ -119,10 +123,10 @@ class BenchPlan:
     def __post_init__(self) -> None:
         if self.iterations is not None and self.seconds is not None:
             raise ConfigError("--iters and --seconds exclude each other", hint="give one of them")
-        if self.warmup < 0:
-            raise ConfigError(f"--warmup {self.warmup} must be >= 0")
-        if self.iterations is not None and self.iterations < 1:
-            raise ConfigError(f"--iters {self.iterations} must be >= 1")
+        if not 0 <= self.warmup <= MAX_CALLS:
+            raise ConfigError(f"--warmup {self.warmup} must lie in 0..{MAX_CALLS:,}", hint="for example --warmup 5")
+        if self.iterations is not None and not 1 <= self.iterations <= MAX_CALLS:
+            raise ConfigError(f"--iters {self.iterations} must lie in 1..{MAX_CALLS:,}", hint="for example --iters 100")
         if self.seconds is not None and not 0 < self.seconds <= MAX_SECONDS:
             raise ConfigError(
                 f"--seconds {self.seconds} must lie in (0, {MAX_SECONDS:g}]", hint="for example --seconds 2"
