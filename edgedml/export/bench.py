@@ -108,11 +108,11 @@ class BenchResult:
         return data
 
 
-@dataclass(frozen=True)
 # Calls per batch size: enough for stable p99s of the slowest model, bounded so that a typo cannot run for days.
 MAX_CALLS = 100_000
 
 
+@dataclass(frozen=True)
 class BenchPlan:
     """How long to time each batch size: a fixed number of calls, or a time budget (at least MIN_ITERATIONS calls)."""
 
