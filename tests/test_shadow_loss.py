@@ -171,8 +171,9 @@ def loss_bytes_beyond_inputs(size: int, dim: int) -> int:
 def test_loss_memory_does_not_grow_with_dimension():
     """The memory-linear claim: the loss's own allocations are S x N scalars, independent of D."""
     small, large = loss_bytes_beyond_inputs(128, 64), loss_bytes_beyond_inputs(128, 2048)
-    # One (S, D) buffer at D=2048 would add 1 MiB; allocator timing may shift one (S, S) temporary.
-    assert abs(large - small) <= 128 * 128 * 4
+    # One (S, D) buffer at D=2048 would add 1 MiB. When temporaries die (backward's order of frees) may shift one or
+    # two (S, S) matrices (64 KiB each) between the runs: a quarter of that (S, D) buffer is the bound.
+    assert abs(large - small) <= 128 * 2048 * 4 // 4
     assert small < 32 * 128 * 128 * 4  # a few dozen (S, S) matrices at most, no (S, S, S) cube
 
 
