@@ -450,21 +450,39 @@ def device_for(config: TrainConfig) -> DeviceMemory:
     return probe_device()
 
 
-def plan_for_config(
-    config: TrainConfig, input_size: int, train_images: int, train_classes: int
-) -> tuple[Plan, DeviceMemory]:
-    """Fit ``config`` to its budget: the automatic sizes are chosen, fixed ones only checked."""
+def budget_for(config: TrainConfig) -> tuple[DeviceMemory, Budget]:
+    """The device ``config`` is planned for and its budget (``--budget``, or what the device has free)."""
     device = device_for(config)
-    budget = make_budget(device, parse_bytes(config.budget) if config.budget else None)
-    plan = plan_training(
+    return device, make_budget(device, parse_bytes(config.budget) if config.budget else None)
+
+
+def plan_config(
+    config: TrainConfig,
+    budget: Budget,
+    input_size: int,
+    train_images: int,
+    train_classes: int,
+    tracer: StepTracer | None = None,
+) -> Plan:
+    """``plan_training`` with the sizes ``config`` leaves ``auto`` chosen and the others checked."""
+    return plan_training(
         config,
         budget,
         input_size,
         train_images,
         auto_batch=config.batch_size == AUTO,
         auto_memory=config.memory_size == AUTO,
+        tracer=tracer,
         train_classes=train_classes,
     )
+
+
+def plan_for_config(
+    config: TrainConfig, input_size: int, train_images: int, train_classes: int
+) -> tuple[Plan, DeviceMemory]:
+    """Fit ``config`` to its budget: the automatic sizes are chosen, fixed ones only checked."""
+    device, budget = budget_for(config)
+    plan = plan_config(config, budget, input_size, train_images, train_classes)
     log.info(
         "memory plan for %s: batch %d, memory %d, predicted peak %s, %s needed of %s (%s), planned in %.1f s",
         device.name,

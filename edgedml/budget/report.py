@@ -19,13 +19,13 @@ import torch
 
 from edgedml.budget.device import DeviceMemory
 from edgedml.budget.measure import fit_line, measure_step
-from edgedml.budget.planner import Budget, StepTracer, device_for, make_budget, plan_training
+from edgedml.budget.planner import Budget, StepTracer, budget_for, plan_config
 from edgedml.config import AUTO, TrainConfig
 from edgedml.data import class_disjoint_split, load_source
 from edgedml.errors import ConfigError
 from edgedml.io import write_json, write_text, write_with
 from edgedml.memory import resolve_memory_size
-from edgedml.units import format_bytes, parse_bytes
+from edgedml.units import format_bytes
 
 log = logging.getLogger(__name__)
 MIB = 1 << 20
@@ -72,21 +72,11 @@ def training_set_size(config: TrainConfig) -> tuple[int, int, int]:
 def build_report(config: TrainConfig, measure: bool = True) -> Report:
     train_images, train_classes, default_size = training_set_size(config)
     input_size = config.input_size or default_size
-    device = device_for(config)
-    budget = make_budget(device, parse_bytes(config.budget) if config.budget else None)
+    device, budget = budget_for(config)
     tracer = StepTracer(config, input_size)
     plan, failure = None, None
     try:
-        found = plan_training(
-            config,
-            budget,
-            input_size,
-            train_images,
-            auto_batch=config.batch_size == AUTO,
-            auto_memory=config.memory_size == AUTO,
-            tracer=tracer,
-            train_classes=train_classes,
-        )
+        found = plan_config(config, budget, input_size, train_images, train_classes, tracer)
         plan = found.to_dict()
         batch_size, memory_size = found.batch_size, found.memory_size
     except ConfigError as exc:
