@@ -141,6 +141,7 @@ class Method:
         return extra
 
 
+_DEFAULTS = TrainConfig()
 DSD_DIMS = "1024"
 MSD_DIMS = "512,1024,1536,2048"
 METHODS: dict[str, Method] = {
@@ -150,6 +151,8 @@ METHODS: dict[str, Method] = {
     "msdf": Method("MSDF w=50", MSD_DIMS, 50.0, feature=True),
     "dsd-w1": Method("DSD w=1", DSD_DIMS, 1.0),
     "msd-w1": Method("MSD w=1", MSD_DIMS, 1.0),
+    # The library's defaults for --distill s2sd: its auxiliary heads and distillation weight.
+    "s2sd": Method(f"S2SD defaults (w={_DEFAULTS.distill_weight:g})", _DEFAULTS.aux_dims, _DEFAULTS.distill_weight),
     "msdf-w1": Method("MSDF w=1", MSD_DIMS, 1.0, feature=True),
     # Ablation, not run by default: the four heads and their losses (which also train the shared backbone)
     # without the similarity distillation, to separate the distillation's effect from the heads' extra losses.

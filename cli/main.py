@@ -16,6 +16,7 @@ from edgedml.cli.profiles import profiles_app
 from edgedml.cli.quickstart import quickstart
 from edgedml.cli.search import search
 from edgedml.cli.train import train
+from edgedml.cli.weights import weights_app
 
 app = typer.Typer(
     name="edgedml",
@@ -34,6 +35,7 @@ app.command("export")(export)
 app.command("index")(index)
 app.command("search")(search)
 app.command("bench")(bench)
+app.add_typer(weights_app, name="weights")
 
 
 def _version(value: bool) -> None:

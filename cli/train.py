@@ -40,9 +40,15 @@ def train(
         bool | None, typer.Option("--normalize/--no-normalize", help="Shadow: L2-normalize before the loss.")
     ] = None,
     backbone: Annotated[
-        str | None, typer.Option("--backbone", help="tiny | mobilenetv2 | resnet18 | timm:<name>.")
+        str | None,
+        typer.Option("--backbone", help="tiny | mobilenetv2 | resnet18 | resnet34 | resnet50 | timm:<name>."),
     ] = None,
-    weights: Annotated[str | None, typer.Option("--weights", help="Local .safetensors backbone weights.")] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights", help="Backbone weights: imagenet (downloaded once, then cached) or a .pth / .safetensors file."
+        ),
+    ] = None,
     dim: Annotated[int | None, typer.Option("--dim", help="Embedding dimension.")] = None,
     input_size: Annotated[
         int | None, typer.Option("--input-size", help="Input side in pixels (default: per data source).")
@@ -62,7 +68,27 @@ def train(
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw | adam | sgd.")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Weight decay.")] = None,
-    scheduler: Annotated[str | None, typer.Option("--scheduler", help="cosine | none.")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="cosine | none (after the warm-up).")] = None,
+    warmup_epochs: Annotated[
+        float | None, typer.Option("--warmup-epochs", help="Linear learning-rate warm-up, in epochs (default 1).")
+    ] = None,
+    warmup_steps: Annotated[
+        int | None, typer.Option("--warmup-steps", help="The warm-up in steps instead (0 disables).")
+    ] = None,
+    backbone_lr_mult: Annotated[
+        float | None,
+        typer.Option("--backbone-lr-mult", help="Backbone lr = --lr x this (default 1; 0.1 with --weights)."),
+    ] = None,
+    freeze_bn: Annotated[
+        bool | None,
+        typer.Option("--freeze-bn/--no-freeze-bn", help="Freeze the backbone's BatchNorm (default: with --weights)."),
+    ] = None,
+    freeze_backbone_epochs: Annotated[
+        int | None, typer.Option("--freeze-backbone-epochs", help="First epochs that train only the heads.")
+    ] = None,
+    grad_clip: Annotated[
+        float | None, typer.Option("--grad-clip", help="Clip the gradients' global norm to this (0: off).")
+    ] = None,
     train_classes: Annotated[
         float | None, typer.Option("--train-classes", help="Fraction of classes to train on.")
     ] = None,

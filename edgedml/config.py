@@ -46,6 +46,11 @@ MAX_MEMORY_SLOTS = 2**24
 # Data-loading worker processes: more than this starts hundreds of processes that wait on the same disk. A fixed
 # bound (not this machine's CPU count), so that a run's config.yaml validates on any machine it is resumed on.
 MAX_WORKERS = 64
+# Fine-tuning defaults, chosen by benchmarks/stability.py on glyphs (README, "Seed stability").
+WARMUP_EPOCHS = 1.0
+GRAD_CLIP = 0.0
+PRETRAINED_BACKBONE_LR_MULT = 0.1
+DEFAULT_BATCH = 64
 
 
 @dataclass
@@ -55,39 +60,48 @@ class TrainConfig:
     data: str = "digits"  # (str) digits | path to an image folder (root/<class>/<image>) | path to a CSV manifest
     train_classes: float = 0.5  # (float) fraction of classes (by name) to train on; the rest is the unseen test set
     val_fraction: float = 0.2  # (float) fraction of each training class held out for model selection
-    input_size: int | None = None  # (int) square input side in pixels; None: the source's (digits 32, images 128)
+    input_size: int | None = None  # (int) square input side in pixels; None: digits 32, glyphs their side, image
+    # folders and CSVs the median shorter side of their images rounded to a multiple of 32 within 32-224
     hflip: bool = False  # (bool) random horizontal flips during training
     crop_scale: float | None = None  # (float) smallest random-crop area, 1.0 disables; None: glyphs 1.0, others 0.6
-    backbone: str = "tiny"  # (str) backbone name (edgedml models list), or timm:<name> when timm is installed
-    weights: str | None = None  # (str) local backbone weight file (.safetensors); never downloaded
+    backbone: str = "tiny"  # (str) tiny | mobilenetv2 | resnet18 | resnet34 | resnet50, or timm:<name> (with timm)
+    weights: str | None = None  # (str) imagenet (torchvision's, downloaded once and cached) | a .pth/.safetensors file
     dim: int = 64  # (int) embedding dimension
     loss: str = "shadow"  # (str) shadow | triplet | contrastive | multisimilarity
     mining: str | None = None  # (str) all | hard | semihard triplets (shadow, triplet); None: hard with memory, or all
     margin: float = 0.2  # (float) triplet margin m
     normalize: bool = True  # (bool) shadow: L2-normalize embeddings before the loss (the paper's choice)
-    batch_size: int | str = 64  # (int) images per batch, P classes x K images; "auto": the largest that fits the budget
+    batch_size: int | str | None = None  # (int) images per batch, P classes x K; "auto": the largest that fits the
+    # budget; None: 64, with P capped at the number of training classes
     samples_per_class: int = 4  # (int) K, images of each class in a batch
     epochs: int = 20  # (int) passes over the training split
     lr: float = 1e-3  # (float) peak learning rate
     optimizer: str = "adamw"  # (str) adamw | adam | sgd
     weight_decay: float = 1e-4  # (float) decoupled (adamw) or L2 (adam, sgd) weight decay
-    scheduler: str = "cosine"  # (str) cosine | none, over all training steps
+    scheduler: str = "cosine"  # (str) cosine | none, over the steps after the warm-up
+    warmup_epochs: float = WARMUP_EPOCHS  # (float) linear learning-rate warm-up from 0, in epochs (fractions allowed)
+    warmup_steps: int | None = None  # (int) the warm-up in steps instead (overrides warmup_epochs); 0 disables
+    backbone_lr_mult: float | None = None  # (float) backbone lr = lr x this; None: 1 from scratch, 0.1 with --weights
+    freeze_bn: bool | None = None  # (bool) freeze the backbone's BatchNorm statistics and affine; None: with --weights
+    freeze_backbone_epochs: int = 0  # (int) first epochs that train only the heads (the backbone frozen)
+    grad_clip: float = GRAD_CLIP  # (float) clip the gradients' global L2 norm to this; 0 disables
     memory: str = "none"  # (str) cross-batch memory: none | xbm | xbn (batch moments) | axbn (Kalman-filtered moments)
     memory_size: float | str = 8192  # (float) slots: a count (> 1), a fraction (0, 1] of the training images, or "auto"
     memory_storage: str = "fp32"  # (str) fp32 | fp16 storage of the stored embeddings
     memory_warmup: int = 1000  # (int) iterations before the memory is filled or used
     memory_weight: float = 1.0  # (float) w in loss = batch_loss + w * memory_loss
     memory_batch_loss: bool = True  # (bool) keep the batch-only loss term next to the memory term (official XBM)
-    axbn_q: float = 1.0  # (float) AXBN process noise q
+    axbn_q: float = 1e-5  # (float) AXBN process noise q (gain 0.12 at batch 16; q = 1 makes AXBN equal XBN)
     axbn_r: float = 0.01  # (float) AXBN measurement noise r (divided by the batch size); 0 gives XBN
     axbn_p0: float = 1.0  # (float) AXBN initial estimate variance
     axbn_gain_interval: int = 100  # (int) AXBN: iterations between Kalman gain updates
     distill: str = "none"  # (str) none | s2sd: self-distillation from high-dimensional auxiliary heads
     aux_dims: str = "512,1024,1536,2048"  # (str) S2SD auxiliary head dimensions, comma-separated (one: DSD, more: MSD)
-    distill_weight: float = 50.0  # (float) w, weight of the similarity distillation (S2SD and --teacher)
+    distill_weight: float = 1.0  # (float) w, weight of the similarity distillation (S2SD, --teacher); the paper's 50
+    # suits its margin loss's scale, not Shadow's (benchmarks/s2sd.py)
     distill_temperature: float = 1.0  # (float) T, softmax temperature of the similarity distillation
     feature_distill: bool = False  # (bool) S2SD: also distill the pooled backbone features (MSDF)
-    feature_distill_weight: float = 50.0  # (float) weight of the feature distillation
+    feature_distill_weight: float = 1.0  # (float) weight of the feature distillation (the paper's 50, as above)
     feature_distill_delay: int = 1000  # (int) iterations before the feature distillation starts
     teacher: str | None = None  # (str) a trained run directory whose model teaches this one (post-hoc S2SD)
     seed: int = 0  # (int) seeds weights, sampling, augmentation and splits
@@ -193,6 +207,7 @@ class TrainConfig:
         if self.input_size is not None:
             _int_range("input_size", self.input_size, MIN_INPUT_SIZE, MAX_INPUT_SIZE, unit=" pixels")
         _int_range("workers", self.workers, 0, MAX_WORKERS)
+        self._check_fine_tuning()
         if self.budget is not None:
             parse_bytes(self.budget, "--budget")
 
@@ -203,7 +218,7 @@ class TrainConfig:
                 hint="a triplet needs two images of the anchor's class in the batch",
             )
         _int_range("samples_per_class", self.samples_per_class, 2, MAX_BATCH // 2)
-        if self.batch_size == AUTO:
+        if self.batch_size == AUTO or self.batch_size is None:
             return
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ConfigError(f"--batch-size must be a positive integer or auto, got {self.batch_size!r}")
@@ -226,6 +241,24 @@ class TrainConfig:
                 "a batch must hold at least 2 classes",
                 hint=f"raise --batch-size to at least {2 * self.samples_per_class}",
             )
+
+    def _check_fine_tuning(self) -> None:
+        _number("warmup_epochs", self.warmup_epochs, low=0.0)
+        if self.warmup_epochs > MAX_EPOCHS:
+            raise ConfigError(
+                f"--warmup-epochs must lie in 0..{MAX_EPOCHS}, got {self.warmup_epochs}", hint=_example("warmup_epochs")
+            )
+        if self.warmup_steps is not None:
+            _int_range("warmup_steps", self.warmup_steps, 0, MAX_ITERATIONS)
+        if self.backbone_lr_mult is not None:
+            _number("backbone_lr_mult", self.backbone_lr_mult, low=0.0)
+        _int_range("freeze_backbone_epochs", self.freeze_backbone_epochs, 0, MAX_EPOCHS)
+        if self.freeze_backbone_epochs > self.epochs:
+            raise ConfigError(
+                f"--freeze-backbone-epochs {self.freeze_backbone_epochs} is more than the run's --epochs {self.epochs}",
+                hint=f"give at most --freeze-backbone-epochs {self.epochs} (all epochs: only the heads train)",
+            )
+        _number("grad_clip", self.grad_clip, low=0.0)
 
     def _check_memory(self) -> None:
         _choice("memory", self.memory, MEMORY_KINDS)
@@ -284,8 +317,55 @@ class TrainConfig:
     def classes_per_batch(self) -> int:
         return self.batch_size // self.samples_per_class
 
+    @property
+    def freezes_bn(self) -> bool:
+        """--freeze-bn, by default on when fine-tuning pretrained --weights (their statistics are the data's prior)."""
+        return self.freeze_bn if self.freeze_bn is not None else self.weights is not None
+
+    @property
+    def backbone_lr_multiplier(self) -> float:
+        if self.backbone_lr_mult is not None:
+            return self.backbone_lr_mult
+        return PRETRAINED_BACKBONE_LR_MULT if self.weights is not None else 1.0
+
+    def warmup_for(self, steps_per_epoch: int) -> int:
+        """Warm-up steps: ``warmup_steps`` when set, else ``warmup_epochs`` of this many steps."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return round(self.warmup_epochs * steps_per_epoch)
+
+    def with_default_batch(self, train_classes: int) -> tuple[TrainConfig, str | None]:
+        """The config with an unset batch filled in, and a note when the data set capped it.
+
+        Unset, the batch is ``DEFAULT_BATCH`` images of ``samples_per_class`` each, but never more classes than
+        the training split has (digits trains on 5); a batch the user set is left as given (the sampler
+        refuses one that cannot be formed, with a hint).
+        """
+        if self.batch_size is not None:
+            return self, None
+        per_class = self.samples_per_class
+        wanted = max(DEFAULT_BATCH // per_class, 2)
+        classes = min(wanted, train_classes)
+        note = None
+        if classes < wanted:
+            note = (
+                f"batch {classes * per_class} = {classes} classes x {per_class} images: the training split has "
+                f"{train_classes} classes, fewer than the {wanted} of the default batch of {wanted * per_class}"
+            )
+        return dataclasses.replace(self, batch_size=classes * per_class), note
+
 
 RUN_CONFIG = "config.yaml"
+# The fine-tuning options' "off" values: what a run written before they existed trained with. A run's config.yaml
+# without them reads as these, and the config hash leaves them out at these values, so such runs still resume.
+FINE_TUNING_OFF: dict[str, Any] = {
+    "warmup_epochs": 0.0,
+    "warmup_steps": None,
+    "backbone_lr_mult": 1.0,
+    "freeze_bn": False,
+    "freeze_backbone_epochs": 0,
+    "grad_clip": 0.0,
+}
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
@@ -295,7 +375,9 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
         raise CheckpointError(
             f"{run_dir}: no {RUN_CONFIG}, so not a run directory", hint="pass the --out folder of an edgedml train run"
         )
-    config = TrainConfig.from_sources(path)
+    written = load_yaml_mapping(path)
+    missing = {key: value for key, value in FINE_TUNING_OFF.items() if key not in written}
+    config = TrainConfig.from_sources(path, overrides=missing) if missing else TrainConfig.from_sources(path)
     if config.input_size is None:  # edgedml train always writes the resolved size
         raise CheckpointError(
             f"{path}: no input_size, so not a configuration edgedml train wrote",

@@ -30,22 +30,50 @@ class StepOutputs:
 
 
 class TrainingNetwork(nn.Module):
-    """model: the embedding model that is exported; aux_heads: training-only S2SD heads (or None)."""
+    """model: the embedding model that is exported; aux_heads: training-only S2SD heads (or None).
 
-    def __init__(self, model: EmbeddingModel, aux_heads: AuxiliaryHeads | None = None):
+    Fine-tuning switches (docs/methods.md §7): ``freeze_bn`` keeps the backbone's BatchNorm layers in
+    eval mode (running statistics frozen) with their affine parameters untrained, whatever ``train()``
+    is called with; ``backbone_frozen`` (set per epoch by the trainer) runs the backbone without
+    gradients and in eval mode, so that only the heads learn.
+    """
+
+    def __init__(self, model: EmbeddingModel, aux_heads: AuxiliaryHeads | None = None, freeze_bn: bool = False):
         super().__init__()
         self.model = model
         self.aux_heads = aux_heads
+        self.freeze_bn = freeze_bn
+        self.backbone_frozen = False
+        if freeze_bn:
+            for module in batch_norms(model.backbone):
+                module.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TrainingNetwork:
+        super().train(mode)
+        if mode and self.backbone_frozen:
+            self.model.backbone.eval()
+        elif mode and self.freeze_bn:
+            for module in batch_norms(self.model.backbone):
+                module.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        features = self.model.features(images)
+        if self.backbone_frozen:
+            with torch.no_grad():
+                features = self.model.features(images)
+        else:
+            features = self.model.features(images)
         aux = self.aux_heads(features) if self.aux_heads is not None else []
         return self.model.head(features), features, aux
 
 
+def batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def build_network(config: TrainConfig, model: EmbeddingModel) -> TrainingNetwork:
     heads = AuxiliaryHeads(model.backbone.num_features, config.aux_dim_list) if config.distill == "s2sd" else None
-    return TrainingNetwork(model, heads)
+    return TrainingNetwork(model, heads, freeze_bn=config.freezes_bn)
 
 
 class Objective(nn.Module):
@@ -119,10 +147,21 @@ def _run_loss(config: TrainConfig) -> nn.Module:
     return create_loss(config.loss, config.margin, config.mining, config.normalize)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
+def make_optimizer(network: TrainingNetwork, config: TrainConfig) -> torch.optim.Optimizer:
+    """The run's optimizer over the trainable parameters, in two groups: the backbone's, whose learning rate is
+    ``lr * backbone_lr_mult``, and the heads' (embedding head, S2SD heads) at ``lr``. Each group carries its
+    ``lr_mult``, which the trainer's schedule multiplies in."""
+    backbone = [p for p in network.model.backbone.parameters() if p.requires_grad]
+    backbone_ids = {id(p) for p in network.model.backbone.parameters()}
+    heads = [p for p in network.parameters() if p.requires_grad and id(p) not in backbone_ids]
+    mult = config.backbone_lr_multiplier
+    groups = [
+        {"params": backbone, "lr": config.lr * mult, "lr_mult": mult, "name": "backbone"},
+        {"params": heads, "lr": config.lr, "lr_mult": 1.0, "name": "heads"},
+    ]
+    groups = [group for group in groups if group["params"]]
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)

@@ -91,6 +91,14 @@ def test_torchrun_runs_edgedml_train_unchanged(tmp_path):
         "512",
         "--memory-warmup",
         "5",
+        # the fine-tuning recipe under DDP: a frozen first epoch (unused parameters), frozen BN, clipping
+        "--freeze-backbone-epochs",
+        "1",
+        "--freeze-bn",
+        "--grad-clip",
+        "1.0",
+        "--backbone-lr-mult",
+        "0.5",
         "--device",
         "cpu",
     ]

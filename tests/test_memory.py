@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from edgedml.budget.trace import AllocationTimeline
+from edgedml.config import TrainConfig
 from edgedml.losses import ShadowLoss, create_loss
 from edgedml.memory import (
     AXBNAdapter,
@@ -16,6 +17,7 @@ from edgedml.memory import (
     moments,
     resolve_memory_size,
 )
+from edgedml.memory.adapters import steady_state_gain
 
 
 def rows(count: int, dim: int = 3, start: float = 0.0) -> torch.Tensor:
@@ -225,3 +227,18 @@ def test_memory_state_is_checkpointed_and_restored_by_resume(tmp_path):
     for key in memory_keys + [k for k in straight if k.startswith("model.")]:
         assert torch.equal(straight[key], resumed[key]), key
     assert int(straight["loss.memory.filled"]) == 200
+
+
+@pytest.mark.parametrize(("q", "r", "batch"), [(1.0, 0.01, 16), (1e-5, 0.01, 16), (1e-5, 0.01, 64), (1e-6, 0.02, 8)])
+def test_steady_state_gain_is_where_the_filter_settles(q, r, batch):
+    filt = KalmanMoments(dim=1, q=q, r=r, p0=1.0, gain_interval=1)
+    for _ in range(20_000):
+        filt.update(torch.zeros(1), batch)
+    assert float(filt.gain) == pytest.approx(steady_state_gain(q, r, batch), rel=1e-4)
+
+
+def test_the_former_axbn_defaults_make_it_xbn_and_the_new_ones_do_not():
+    assert steady_state_gain(1.0, 0.01, 16) == pytest.approx(0.9994, abs=1e-4)  # K = 1 is XBN
+    defaults = TrainConfig()
+    assert steady_state_gain(defaults.axbn_q, defaults.axbn_r, 16) == pytest.approx(0.1187, abs=1e-4)
+    assert steady_state_gain(defaults.axbn_q, 0.0, 16) == 1.0  # r = 0: XBN

@@ -126,8 +126,17 @@ def assert_valid(config: TrainConfig) -> None:
         assert isinstance(value, float) and math.isfinite(value) and value >= 0, name
     for name in ("axbn_q", "axbn_r", "axbn_p0", "feature_distill_weight"):
         assert math.isfinite(getattr(config, name)) and getattr(config, name) >= 0, name
-    assert config.batch_size == AUTO or 1 <= config.batch_size <= MAX_BATCH
+    assert config.batch_size in (AUTO, None) or 1 <= config.batch_size <= MAX_BATCH
     assert config.memory_size == AUTO or config.memory_size > 0
+    # the fine-tuning options: finite, non-negative, the frozen epochs within the run
+    for name in ("warmup_epochs", "grad_clip"):
+        value = getattr(config, name)
+        assert isinstance(value, float) and math.isfinite(value) and value >= 0, name
+    assert config.backbone_lr_mult is None or (math.isfinite(config.backbone_lr_mult) and config.backbone_lr_mult >= 0)
+    assert config.warmup_steps is None or (isinstance(config.warmup_steps, int) and config.warmup_steps >= 0)
+    assert isinstance(config.freeze_backbone_epochs, int) and 0 <= config.freeze_backbone_epochs <= config.epochs
+    assert config.freeze_bn is None or isinstance(config.freeze_bn, bool)
+    assert config.warmup_for(100) >= 0
     for name in ("hflip", "normalize", "amp", "feature_distill", "memory_batch_loss"):
         assert isinstance(getattr(config, name), bool), name
     assert all(isinstance(getattr(config, name), str) for name in ("data", "backbone", "loss", "aux_dims"))

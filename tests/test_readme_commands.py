@@ -14,7 +14,9 @@ only these changes, each made by one explicit rule below:
 - tiny sizes (``tiny``): one epoch and 16 px inputs for ``train`` / ``profile`` (``--resume`` takes only
   ``--epochs``: 2, one more than the run it continues), one epoch per quick-start run, 3 timed calls after
   1 warm-up for ``bench``; the data sets are digits, glyphs and tiny image folders;
-- ``torchrun`` runs as ``python -m torch.distributed.run --standalone`` (a free port) with ``--device cpu``.
+- ``torchrun`` runs as ``python -m torch.distributed.run --standalone`` (a free port) with ``--device cpu``;
+- downloads (``--weights imagenet``, ``weights download``) come from a server on 127.0.0.1 standing in for
+  download.pytorch.org (``weights_mirror``): this machine has no internet.
 
 Every other option stays as written: the point is that the documented combinations are accepted and work.
 A command that needs what this machine lacks (a TensorRT engine, ``--device cuda``, ``--amp``) still runs
@@ -23,6 +25,7 @@ and must end in one ``error:`` line and a hint, with a non-zero exit code and no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -30,9 +33,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +131,8 @@ PLACEHOLDERS = {
     "RUN_DIR": "runs/digits",
     "QUERY.png": "query.png",
 }
+# Backbones whose ImageNet weights README commands download (from the local mirror, see weights_mirror).
+MIRRORED_WEIGHTS = ("mobilenetv2",)
 # Absolute paths the README writes to, moved into the folder.
 PREFIXES = {"/tmp/": "tmp/"}
 # Options whose value a command reads (an input); a positional argument is an input too.
@@ -369,7 +376,46 @@ class Workspace:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, cli, make_image_folder, set_option) -> Workspace:
+def weights_mirror(tmp_path_factory) -> Iterator[str]:
+    """download.pytorch.org, as far as this offline machine can have it: a server on 127.0.0.1 serving a
+    torchvision-layout state dict of every backbone the README downloads (seeded random weights, not ImageNet's),
+    each in the catalogue under its own sha256; ``EDGEDML_WEIGHTS_URL`` and the cache point at temporary folders.
+    The README's ``--weights imagenet`` and ``weights download`` then run as a user's do: download, check, cache."""
+    import torch
+
+    from edgedml.models import create_backbone
+    from edgedml.models.pretrained import CATALOGUE, PretrainedWeights
+
+    folder = tmp_path_factory.mktemp("weights-mirror")
+    with pytest.MonkeyPatch.context() as patch:
+        for backbone in MIRRORED_WEIGHTS:
+            torch.manual_seed(0)
+            staged = folder / "staged.pth"
+            torch.save(create_backbone(backbone).state_dict(), staged)
+            digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+            served = staged.rename(folder / f"{backbone}-{digest[:8]}.pth")
+            patch.setitem(CATALOGUE, backbone, PretrainedWeights(backbone, served.name, digest))
+        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(folder)))
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        patch.setenv("EDGEDML_WEIGHTS_URL", url)
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        try:
+            yield url
+        finally:
+            server.shutdown()
+            thread.join()
+            server.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, cli, make_image_folder, set_option, weights_mirror) -> Workspace:
     return Workspace(tmp_path_factory.mktemp("readme"), cli, make_image_folder, set_option)
 
 

@@ -21,7 +21,7 @@ from edgedml.budget.device import DeviceMemory
 from edgedml.budget.measure import fit_line, measure_step
 from edgedml.budget.planner import Budget, StepTracer, budget_for, plan_config
 from edgedml.config import AUTO, TrainConfig
-from edgedml.data import class_disjoint_split, load_source
+from edgedml.data import class_disjoint_split, default_input_size, image_sizes, load_source
 from edgedml.errors import ConfigError
 from edgedml.io import write_json, write_text, write_with
 from edgedml.memory import resolve_memory_size
@@ -63,14 +63,20 @@ class Report:
 
 
 def training_set_size(config: TrainConfig) -> tuple[int, int, int]:
-    """(training images, training classes, default input size) of the config's data, without decoding any image."""
+    """(training images, training classes, input size) of the config's data, without decoding any image.
+
+    The input size is the config's, else the trainer's default (for a folder or manifest it follows the
+    images' sizes, here read from their headers: :func:`edgedml.data.default_input_size`).
+    """
     source = load_source(config.data)
     splits = class_disjoint_split(source.samples, config.train_classes, config.val_fraction, config.seed)
-    return len(splits.train), len(splits.train_classes), source.default_input_size
+    input_size = config.input_size or default_input_size(source, image_sizes(source.samples))[0]
+    return len(splits.train), len(splits.train_classes), input_size
 
 
 def build_report(config: TrainConfig, measure: bool = True) -> Report:
     train_images, train_classes, default_size = training_set_size(config)
+    config, _ = config.with_default_batch(train_classes)
     input_size = config.input_size or default_size
     device, budget = budget_for(config)
     tracer = StepTracer(config, input_size)

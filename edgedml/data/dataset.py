@@ -2,7 +2,8 @@
 
 Keys are ``(index, seed)`` pairs: the seed fixes that sample's augmentation, so an epoch can be
 replayed exactly. An image that fails to decode at load time is logged and dropped from its
-batch by :func:`collate_skip_bad`.
+batch by :func:`collate_skip_bad`. A JPEG larger than the transform needs is decoded at reduced
+scale (``decode_side``, by default the transform's own), never below what its resize needs.
 """
 
 from __future__ import annotations
@@ -25,13 +26,25 @@ Item = tuple[torch.Tensor, int, int]
 
 
 class ImageDataset(Dataset):
-    """samples: the split's images; class_to_index: label name -> integer label."""
+    """samples: the split's images; class_to_index: label name -> integer label.
 
-    def __init__(self, samples: list[Sample], class_to_index: dict[str, int], transform: Compose):
+    decode_side: a JPEG is decoded at 1/2, 1/4 or 1/8 scale while its shorter side stays at least this
+    (:func:`load_image`'s ``min_side``); by default ``transform.decode_side``, the side below which the
+    transform's resize would upsample (None there: full size).
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        class_to_index: dict[str, int],
+        transform: Compose,
+        decode_side: int | None = None,
+    ):
         self.samples = samples
         self.class_to_index = class_to_index
         self.labels = [class_to_index[s.label] for s in samples]
         self.transform = transform
+        self.decode_side = decode_side if decode_side is not None else transform.decode_side
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -40,7 +53,7 @@ class ImageDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]
         try:
-            image = pil_to_tensor(load_image(sample.image))
+            image = pil_to_tensor(load_image(sample.image, self.decode_side))
         except DECODE_ERRORS as exc:
             log.warning("skipped unreadable image %s (%s)", sample.describe(), type(exc).__name__)
             return None

@@ -1,4 +1,11 @@
-"""Image decoding with Pillow, and the up-front scan that finds unreadable files before training."""
+"""Image decoding with Pillow, and the up-front scan that finds unreadable files before training.
+
+A JPEG much larger than the network's input is decoded at reduced scale when the caller says how large it
+must stay (``load_image(..., min_side=)``): libjpeg's DCT-domain scaling (Pillow's ``draft``) decodes at 1/2,
+1/4 or 1/8 of the size for a fraction of the full decode's time. The scan records every usable image's size,
+read from the header it opens anyway, for the input size that follows the images
+(:func:`edgedml.data.sources.default_input_size`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgedml.data.sources import ImageRef, Sample
 from edgedml.errors import DataError
@@ -17,11 +24,19 @@ log = logging.getLogger(__name__)
 # few bytes); it is not an OSError, and such a file is skipped like any other unreadable one.
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 SHOWN_PATHS = 5
+EXIF_ORIENTATION = 0x0112  # the EXIF tag cameras record the sensor's rotation in
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO: the multi-picture JPEG some cameras write, decoded as its first frame
+
+Size = tuple[int, int]  # (width, height) in pixels
 
 
-def load_image(image: ImageRef) -> Image.Image:
+def load_image(image: ImageRef, min_side: int | None = None) -> Image.Image:
     """Decode a path or array into an RGB PIL image; raises one of ``DECODE_ERRORS`` on failure.
+
+    A file's EXIF orientation is applied (phone photos are stored sideways with a rotation tag).
+    ``min_side``: a JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 of its size whose shorter side is
+    still at least ``min_side`` (Pillow's ``draft``); other formats, arrays, and ``None`` decode at full size.
 
     8-bit images convert as Pillow converts them. Wider grey images are scaled to 0..255 first, since
     Pillow's conversion clips every value above 255 to white: 16-bit ones (``I;16``: 16-bit PNG, TIFF) by
@@ -31,6 +46,11 @@ def load_image(image: ImageRef) -> Image.Image:
     if isinstance(image, np.ndarray):
         return to_rgb(Image.fromarray(image))
     with Image.open(image) as opened:
+        if min_side is not None and opened.format in JPEG_FORMATS:
+            # draft keeps the scale at most min(width // min_side, height // min_side): both sides stay >= min_side
+            opened.draft("RGB", (min_side, min_side))
+        if opened.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a phone photo taken sideways: turn it upright
+            return to_rgb(ImageOps.exif_transpose(opened))
         return to_rgb(opened)
 
 
@@ -62,31 +82,57 @@ def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
 
 def check_image(image: ImageRef) -> str | None:
     """Return why ``image`` cannot be used, or ``None`` if it decodes."""
+    return _decode_check(image)[0]
+
+
+def _decode_check(image: ImageRef) -> tuple[str | None, Size | None]:
+    """(why ``image`` cannot be used, or None; its size when it decodes)."""
     if isinstance(image, np.ndarray):
-        return None
+        return None, _array_size(image)
     try:
         with Image.open(image) as opened:
             opened.load()
+            return None, opened.size
     except FileNotFoundError:
-        return "missing"
+        return "missing", None
     except DECODE_ERRORS as exc:
-        return f"unreadable ({type(exc).__name__})"
-    return None
+        return f"unreadable ({type(exc).__name__})", None
+
+
+def image_sizes(samples: list[Sample]) -> list[Size]:
+    """The size of every image whose header opens, without decoding any pixel (``Image.open`` reads the header only)."""
+    sizes = []
+    for sample in samples:
+        if isinstance(sample.image, np.ndarray):
+            sizes.append(_array_size(sample.image))
+            continue
+        try:
+            with Image.open(sample.image) as opened:
+                sizes.append(opened.size)
+        except DECODE_ERRORS:  # FileNotFoundError is an OSError
+            continue
+    return sizes
+
+
+def _array_size(image: np.ndarray) -> Size:
+    return int(image.shape[1]), int(image.shape[0])
 
 
 @dataclass
 class ScanResult:
     usable: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    sizes: list[Size] = field(default_factory=list)  # of each usable image, in the order of ``usable``
 
 
 def scan_samples(samples: list[Sample]) -> ScanResult:
     """Decode every file once; skip the bad ones with a warning that names the first few."""
     result = ScanResult(usable=[])
     for sample in samples:
-        reason = check_image(sample.image)
+        reason, size = _decode_check(sample.image)
         if reason is None:
             result.usable.append(sample)
+            result.sizes.append(size)
         else:
             result.skipped.append((sample.describe(), reason))
     if result.skipped:

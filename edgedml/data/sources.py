@@ -7,14 +7,18 @@
   are taken as meant).
 
 Each returns a :class:`Source`: samples (an image path or an in-memory uint8 array, and a class
-name) plus the default input size for that kind of data.
+name) plus the default input size for that kind of data. A folder's or manifest's default follows its
+images (:func:`default_input_size`): the median of their shorter sides, rounded to the nearest multiple of
+32 and kept within 32..224 px, so 60 px thumbnails are not blown up to 128 px and phone photos train at 224.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +29,9 @@ from edgedml.registry import Registry
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 SPLITS = ("train", "val", "test")
+INPUT_SIZE_STEP = 32  # a derived input size is a multiple of this (the total stride of mobilenetv2 and resnet18)
+INPUT_SIZE_RANGE = (32, 224)  # and lies in this range; set --input-size to go outside it
+FILE_INPUT_SIZE = 128  # a folder's or manifest's default when no image size is known
 
 ImageRef = str | np.ndarray
 
@@ -45,8 +52,9 @@ class Sample:
 class Source:
     name: str
     samples: list[Sample]
-    default_input_size: int
+    default_input_size: int  # with ``input_size_from_images``: the fallback when no image size is known
     default_crop_scale: float = 0.6  # random-resized-crop area floor that suits this kind of image
+    input_size_from_images: bool = False  # the default follows the images' sizes (see default_input_size)
 
     @property
     def classes(self) -> list[str]:
@@ -55,6 +63,31 @@ class Source:
     @property
     def has_splits(self) -> bool:
         return any(s.split is not None for s in self.samples)
+
+
+def default_input_size(source: Source, sizes: list[tuple[int, int]]) -> tuple[int, str | None]:
+    """The input size to use when none is set, and a note of how the images chose it (None: the source's fixed one).
+
+    sizes: (width, height) of the source's images, e.g. ``ScanResult.sizes``.
+    """
+    if not source.input_size_from_images or not sizes:
+        return source.default_input_size, None
+    return input_size_for_sides([min(width, height) for width, height in sizes])
+
+
+def input_size_for_sides(shorter_sides: list[int]) -> tuple[int, str]:
+    """The median shorter side rounded to the nearest multiple of ``INPUT_SIZE_STEP`` (halves up), clamped to
+    ``INPUT_SIZE_RANGE``; and the note that says so."""
+    low, high = INPUT_SIZE_RANGE
+    median = statistics.median(shorter_sides)
+    rounded = math.floor(median / INPUT_SIZE_STEP + 0.5) * INPUT_SIZE_STEP
+    size = min(max(rounded, low), high)
+    found = f"input size {size} px: the median shorter side of the {len(shorter_sides)} images is {median:g} px"
+    if rounded > high:
+        return size, f"{found}, capped at {high} (set --input-size to train larger)"
+    if rounded < low:
+        return size, f"{found}, raised to the smallest input size, {low}"
+    return size, f"{found}, rounded to a multiple of {INPUT_SIZE_STEP} within {low}-{high}"
 
 
 named_sources: Registry[Source] = Registry("data source")
@@ -110,7 +143,7 @@ def load_image_folder(root: Path) -> Source:
         samples.extend(Sample(image=str(f), label=class_dir.name) for f in files)
     if not samples:
         raise DataError(f"{root}: no class folders with images", hint="expected the layout root/<class>/<image>")
-    return Source(name=str(root), samples=samples, default_input_size=128)
+    return Source(name=str(root), samples=samples, default_input_size=FILE_INPUT_SIZE, input_size_from_images=True)
 
 
 def load_csv_manifest(path: Path) -> Source:
@@ -178,7 +211,7 @@ def load_csv_manifest(path: Path) -> Source:
         samples.append(Sample(image=str(image_path), label=label, split=split))
     if not samples:
         raise DataError(f"{path}: manifest has a header but no rows")
-    return Source(name=str(path), samples=samples, default_input_size=128)
+    return Source(name=str(path), samples=samples, default_input_size=FILE_INPUT_SIZE, input_size_from_images=True)
 
 
 def _read_manifest_text(path: Path) -> str:

@@ -3,6 +3,10 @@
 Every random transform draws from an explicit ``torch.Generator`` so a sample's augmentation
 is a function of its seed alone. Images are ``(3, H, W)`` float tensors in [0, 1] until
 ``Normalize``.
+
+A resizing step states its ``decode_side``: the shorter side its input needs so that it only ever shrinks
+or keeps the image. ``Compose.decode_side`` passes on that of its first step, and the dataset decodes a JPEG
+at reduced scale down to that side and no further (:func:`edgedml.data.images.load_image`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ def resize(image: torch.Tensor, size: int) -> torch.Tensor:
 class Resize:
     size: int
 
+    @property
+    def decode_side(self) -> int:
+        """Both sides are resized to ``size``: the shorter one must be at least that."""
+        return self.size
+
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return resize(image, self.size)
 
@@ -48,6 +57,18 @@ class RandomResizedCrop:
     scale_min: float = 0.6
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     attempts: int = 10
+
+    @property
+    def decode_side(self) -> int:
+        """The shorter image side S at which even the narrowest crop is at least ``size`` on each side.
+
+        A crop of area fraction ``a >= scale_min`` and aspect ``r`` has width sqrt(a W H r) and height
+        sqrt(a W H / r), with W H >= S^2: both are at least S sqrt(scale_min min(r_lo, 1 / r_hi)). For the
+        defaults (0.6, 3/4..4/3) that is 0.67 S, so S >= 1.49 ``size``. (sqrt(scale_min) S alone holds only for
+        images at least as elongated as 4:3: a square image's 3/4-aspect crop is narrower.)
+        """
+        narrowest = math.sqrt(self.scale_min * min(self.ratio[0], 1.0 / self.ratio[1]))
+        return math.ceil(self.size / narrowest)
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         height, width = image.shape[-2:]
@@ -90,6 +111,11 @@ class Normalize:
 class Compose:
     def __init__(self, *steps):
         self.steps = steps
+
+    @property
+    def decode_side(self) -> int | None:
+        """The shorter side the input needs for the first step, when that step resizes; None: no reduction."""
+        return getattr(self.steps[0], "decode_side", None) if self.steps else None
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         for step in self.steps:

@@ -10,7 +10,7 @@ from edgedml.config import TrainConfig
 from edgedml.data import Sample, class_indices, embed_images, eval_transform, prepare_data
 from edgedml.errors import CheckpointError, ConfigError, DataError
 from edgedml.metrics import RetrievalMetrics, recall_and_map, retrieval_metrics
-from edgedml.models import EmbeddingModel, build_model
+from edgedml.models import EmbeddingModel, build_model, upgrade_model_state
 from edgedml.training.checkpoint import MODEL, load_checkpoint, strip_prefix
 from edgedml.training.device import resolve_device
 from edgedml.training.run import RunDir
@@ -68,7 +68,8 @@ def evaluate_split(
 def load_run_model(
     run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
 ) -> tuple[EmbeddingModel, TrainConfig]:
-    """Rebuild a run's model from its config.yaml and load ``best`` or ``last`` weights (safetensors)."""
+    """Rebuild a run's model from its config.yaml and load ``best`` or ``last`` weights (safetensors); a run written
+    before the built-in backbones took torchvision's layer names loads too."""
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint {checkpoint!r} is not one of best, last")
     run = RunDir(Path(run_dir))
@@ -76,7 +77,7 @@ def load_run_model(
     tensors, _ = load_checkpoint(run.best if checkpoint == "best" else run.last)
     model = build_model(config.backbone, config.dim)
     try:
-        model.load_state_dict(strip_prefix(MODEL, tensors))
+        model.load_state_dict(upgrade_model_state(config.backbone, strip_prefix(MODEL, tensors)))
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise CheckpointError(f"{run.root}: weights do not match config.yaml ({first})") from None

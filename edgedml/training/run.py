@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgedml.config import RUN_CONFIG, TrainConfig, load_run_config
+from edgedml.config import FINE_TUNING_OFF, RUN_CONFIG, TrainConfig, load_run_config
 from edgedml.errors import EdgedmlError
 
 STAGING = ".overwrite"
@@ -99,5 +99,6 @@ class RunDir:
 
 def config_hash(config: TrainConfig) -> str:
     """A short stable hash of the resolved configuration (recorded in checkpoints and exports)."""
-    canonical = json.dumps(config.to_dict(), sort_keys=True)
+    values = {k: v for k, v in config.to_dict().items() if k not in FINE_TUNING_OFF or FINE_TUNING_OFF[k] != v}
+    canonical = json.dumps(values, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

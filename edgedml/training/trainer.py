@@ -42,10 +42,12 @@ from edgedml.data import (
     sample_seed,
     train_transform,
 )
+from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgedml.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingError, TrainingInterrupted
 from edgedml.io import append_jsonl, check_output_dir, write_json, write_text
 from edgedml.memory import local_gather, resolve_memory_size
-from edgedml.models import EmbeddingModel, build_model
+from edgedml.models import EmbeddingModel, build_model, upgrade_model_state
+from edgedml.models.pretrained import resolve_weights
 from edgedml.objective import Objective, StepOutputs, build_network, build_objective, make_optimizer
 from edgedml.progress import SILENT
 from edgedml.progress import Progress as Display
@@ -91,6 +93,7 @@ class TrainProgress:
     train_seconds: float = 0.0
     epoch_loss_sum: float = 0.0
     epoch_batches: int = 0
+    epoch_grad_norm_max: float = 0.0
     skipped_images: list[str] = field(default_factory=list)
     untrained: dict[str, float] = field(default_factory=dict)  # test Recall@1 / MAP@R before training
 
@@ -114,8 +117,11 @@ class Trainer:
         prepared = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed)
         self.splits: Splits = prepared.splits
         self.skipped = prepared.skipped
-        self.config, self.plan = resolve_config(config, prepared)
+        self.config, self.plan, notes = resolve_config(config, prepared)
         self.dist = self._join_process_group()
+        for note in notes:  # what the run chose for the user (rank 0 only: the others' display is silent)
+            log.info("%s", note)
+            self.display.note(note)
         self._cap_cuda()
         self.class_to_index = {name: i for i, name in enumerate(self.splits.train_classes)}
         self.dataset = ImageDataset(
@@ -125,9 +131,8 @@ class Trainer:
         )
         self.sampler = self._sampler()
         torch.manual_seed(self.config.seed)
-        self.model: EmbeddingModel = build_model(self.config.backbone, self.config.dim, self.config.weights).to(
-            self.device
-        )
+        weights = resolve_weights(self.config.backbone, self.config.weights, self.display)
+        self.model: EmbeddingModel = build_model(self.config.backbone, self.config.dim, weights).to(self.device)
         self.network = build_network(self.config, self.model).to(self.device)
         self.forward_train: nn.Module = self._parallel(self.network)
         self.loss_fn = self._build_objective().to(self.device)
@@ -171,7 +176,9 @@ class Trainer:
         if not self.dist.enabled:
             return network
         device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-        return DistributedDataParallel(network, device_ids=device_ids)
+        # In the frozen-backbone epochs the backbone's parameters take no gradient, which DDP must be told.
+        unused = self.config.freeze_backbone_epochs > 0
+        return DistributedDataParallel(network, device_ids=device_ids, find_unused_parameters=unused)
 
     def _build_objective(self) -> Objective:
         config = self.config
@@ -323,8 +330,8 @@ class Trainer:
         config, progress = self.config, self.progress
         steps = self.steps_per_epoch
         self.display.stage("train", total=config.epochs * steps, done=progress.epoch * steps + progress.step)
-        self.model.train()
         while progress.epoch < config.epochs:
+            self._set_train_mode()
             batches = self._rank_batches(progress.epoch)
             keys = [
                 [(index, sample_seed(config.seed, progress.epoch, b, pos)) for pos, index in enumerate(batch)]
@@ -346,6 +353,15 @@ class Trainer:
                             hint=f"resume with: edgedml train --resume {self.run.root}",
                         )
             self._end_epoch()
+
+    def _set_train_mode(self) -> None:
+        """Training mode for this epoch (after a validation left the model in eval mode): the backbone frozen in
+        the first ``freeze_backbone_epochs``, BatchNorm statistics frozen with ``freeze_bn``."""
+        frozen = self.progress.epoch < self.config.freeze_backbone_epochs
+        if frozen != self.network.backbone_frozen:
+            log.info("epoch %d: backbone %s", self.progress.epoch + 1, "frozen" if frozen else "trained")
+        self.network.backbone_frozen = frozen
+        self.network.train()
 
     @contextmanager
     def _stop_on_ctrl_c(self) -> Iterator[None]:
@@ -380,8 +396,9 @@ class Trainer:
         if batch is not None:
             images, labels, _ = batch
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
+            lr = self._lr(progress.global_step)
             for group in self.optimizer.param_groups:
-                group["lr"] = self._lr(progress.global_step)
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             with (
                 self._out_of_memory_is_an_error(),
                 torch.autocast(self.device.type, dtype=torch.float16, enabled=config.amp),
@@ -398,8 +415,14 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             with self._out_of_memory_is_an_error():
                 self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(
+                self._trainable, config.grad_clip if config.grad_clip > 0 else math.inf
+            )  # the norm before clipping, recorded either way
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if torch.isfinite(norm):
+                progress.epoch_grad_norm_max = max(progress.epoch_grad_norm_max, float(norm))
             progress.epoch_loss_sum += loss.item()
             progress.epoch_batches += 1
             progress.images_seen += len(images)
@@ -432,7 +455,8 @@ class Trainer:
             "epoch": progress.epoch + 1,
             "global_step": progress.global_step,
             "loss": progress.epoch_loss_sum / max(progress.epoch_batches, 1),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self._lr(max(progress.global_step - 1, 0)),
+            "grad_norm_max": progress.epoch_grad_norm_max,
             "train_images_per_s": progress.images_seen / max(progress.train_seconds, 1e-9),
         }
         if self._can_validate and self.dist.is_main:
@@ -442,7 +466,7 @@ class Trainer:
             score = [float(progress.epoch), 0.0]  # no validation split: the latest epoch is the best
         progress.epoch += 1
         progress.step = 0
-        progress.epoch_loss_sum, progress.epoch_batches = 0.0, 0
+        progress.epoch_loss_sum, progress.epoch_batches, progress.epoch_grad_norm_max = 0.0, 0, 0.0
         if score > progress.best_score:
             progress.best_score, progress.best_epoch = score, progress.epoch
             if self.dist.is_main:
@@ -481,7 +505,7 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         self.display.stage(TEST_STAGE)
         tensors, _ = load_checkpoint(self.run.best)
-        self.model.load_state_dict(strip_prefix(MODEL, tensors))
+        self.model.load_state_dict(upgrade_model_state(self.config.backbone, strip_prefix(MODEL, tensors)))
         metrics = self._test_metrics(full=True)
         progress = self.progress
         summary = {
@@ -499,6 +523,8 @@ class Trainer:
             "images": {"train": len(self.splits.train), "val": len(self.splits.val), "test": len(self.splits.test)},
             "skipped_images": len(progress.skipped_images),
             "config_hash": config_hash(self.config),
+            # what the model expects, as the export records it: RGB in [0, 1], then (x - mean) / std per channel
+            "input_normalization": {"channels": "RGB", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             "edgedml_version": __version__,
             "device": str(self.device),
         }
@@ -506,11 +532,15 @@ class Trainer:
         return summary
 
     # ---- state --------------------------------------------------------------------
+    @property
+    def _trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.network.parameters() if p.requires_grad]
+
     def _lr(self, global_step: int) -> float:
-        if self.config.scheduler == "none":
-            return self.config.lr
-        total = self.config.epochs * self.steps_per_epoch
-        return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * min(global_step, total) / total))
+        """The heads' learning rate at ``global_step``: a linear warm-up from 0 over the warm-up steps, then
+        constant (``scheduler: none``) or a cosine decay to 0 over the remaining steps; the backbone's is this
+        times ``backbone_lr_mult``."""
+        return learning_rate(self.config, global_step, self.config.epochs * self.steps_per_epoch, self.steps_per_epoch)
 
     def _model_metadata(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "config_hash": config_hash(self.config), "epoch": self.progress.epoch}
@@ -550,7 +580,7 @@ class Trainer:
                 hint="restore the run's config.yaml, or start a new run",
             )
         try:
-            self.model.load_state_dict(strip_prefix(MODEL, tensors))
+            self.model.load_state_dict(upgrade_model_state(self.config.backbone, strip_prefix(MODEL, tensors)))
             if self.network.aux_heads is not None:
                 self.network.aux_heads.load_state_dict(strip_prefix(AUX, tensors))
             self.loss_fn.loss.load_state_dict(strip_prefix(LOSS, tensors), strict=self.config.teacher is None)
@@ -575,7 +605,7 @@ def _without_epochs(config: TrainConfig, metadata: dict[str, Any]) -> TrainConfi
     return TrainConfig(**{**config.to_dict(), "epochs": saved_epochs})
 
 
-def resolve_config(config: TrainConfig, prepared: PreparedData) -> tuple[TrainConfig, Plan | None]:
+def resolve_config(config: TrainConfig, prepared: PreparedData) -> tuple[TrainConfig, Plan | None, list[str]]:
     """The run's configuration with every derived value filled in, as a new object, and its memory plan.
 
     The input size and crop scale follow the data source unless set; a budget, a device profile or an
@@ -585,9 +615,14 @@ def resolve_config(config: TrainConfig, prepared: PreparedData) -> tuple[TrainCo
         config,
         input_size=config.input_size or prepared.default_input_size,
         crop_scale=config.crop_scale if config.crop_scale is not None else prepared.default_crop_scale,
+        freeze_bn=config.freezes_bn,
+        backbone_lr_mult=config.backbone_lr_multiplier,
     )
+    resolved, batch_note = resolved.with_default_batch(len(prepared.splits.train_classes))
+    size_note = prepared.input_size_note if config.input_size is None else None
+    notes = [note for note in (size_note, batch_note) if note]
     if not resolved.needs_plan:
-        return resolved, None
+        return resolved, None, notes
     plan, device_memory = plan_for_config(
         resolved, resolved.input_size, len(prepared.splits.train), len(prepared.splits.train_classes)
     )
@@ -598,7 +633,18 @@ def resolve_config(config: TrainConfig, prepared: PreparedData) -> tuple[TrainCo
         batch_size=plan.batch_size if resolved.batch_size == AUTO else resolved.batch_size,
         memory_size=plan.memory_size if resolved.memory_size == AUTO else resolved.memory_size,
     )
-    return resolved, plan
+    return resolved, plan, notes
+
+
+def learning_rate(config: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """The schedule of :meth:`Trainer._lr`, for a run of ``total`` steps."""
+    warmup = min(config.warmup_for(steps_per_epoch), total)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.scheduler == "none":
+        return config.lr
+    decay = max(total - warmup, 1)
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(step - warmup, decay) / decay))
 
 
 def epoch_line(record: dict[str, Any]) -> str:
