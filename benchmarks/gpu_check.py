@@ -17,8 +17,8 @@ Sections (each is timed and recorded even when it fails, so one broken part neve
    the plan's numbers rather than starve the device.
 4. ``commands``: ``edgedml train --amp``, ``eval``, ``export`` and ``bench`` (PyTorch and the ONNX file) on the
    GPU, as subprocesses; whether onnxruntime has a CUDA provider.
-5. ``parity``: the built-in backbones against torchvision's and timm's where those import (parameter counts,
-   and how many of their tensors match the built-in's by name and shape).
+5. ``parity``: each built-in backbone (resnet18/34/50, mobilenetv2) loads torchvision's and timm's own state
+   dict (where those import) by name and gives their pooled features on a 224 px batch (max |Δ|).
 
 ``--dry-run`` runs every section on the CPU with tiny sizes (what CUDA alone can measure is reported as
 skipped, with the reason); ``tests/test_gpu_check.py`` runs it in CI so the script cannot rot.
@@ -76,7 +76,7 @@ class PlannerCase:
 
 
 # At least eight configurations over backbones, input sizes, batch 16-256, memories of 8k-32k slots,
-# plain and S2SD, fp32 and AMP. resnet50 comes from timm until edgedml has it built in.
+# plain and S2SD, fp32 and AMP.
 GPU_CASES = [
     PlannerCase("tiny@64 b128", {"backbone": "tiny"}, 64, 128),
     PlannerCase("mobilenetv2@128 b64", {"backbone": "mobilenetv2"}, 128, 64),
@@ -99,9 +99,9 @@ GPU_CASES = [
         16,
         8192,
     ),
-    PlannerCase("resnet50@224 b64", {"backbone": "timm:resnet50"}, 224, 64),
+    PlannerCase("resnet50@224 b64", {"backbone": "resnet50"}, 224, 64),
     PlannerCase(
-        "resnet50@224 b128 axbn8k amp", {"backbone": "timm:resnet50", "memory": "axbn", "amp": True}, 224, 128, 8192
+        "resnet50@224 b128 axbn8k amp", {"backbone": "resnet50", "memory": "axbn", "amp": True}, 224, 128, 8192
     ),
 ]
 DRY_CASES = [
@@ -504,15 +504,23 @@ def _command_summary(name: str, data: Any) -> str:
 
 # ---- 5. parity with torchvision and timm ---------------------------------------------------------
 def parity(check: Check) -> dict[str, Any]:
+    """Each built-in backbone loads the reference library's own state dict (its random init, classifier dropped)
+    through ``create_backbone(name, weights=file)`` and gives the reference's pooled features, on the GPU."""
+    import tempfile
+
     from edgedml.models import create_backbone
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
-    for ours, theirs in (("resnet18", "resnet18"), ("mobilenetv2", "mobilenet_v2")):
-        backbone = create_backbone(ours)
-        state = backbone.state_dict()
-        count = sum(p.numel() for p in backbone.parameters())
+    pairs = [
+        ("resnet18", "resnet18"),
+        ("resnet34", "resnet34"),
+        ("resnet50", "resnet50"),
+        ("mobilenetv2", "mobilenet_v2"),
+    ]
+    for ours, theirs in pairs:
         for library in ("torchvision", "timm"):
-            row: dict[str, Any] = {"backbone": ours, "library": library, "edgedml_parameters": count}
+            row: dict[str, Any] = {"backbone": ours, "library": library}
             try:
                 reference = _reference_model(library, theirs)
             except Exception as exc:
@@ -520,22 +528,30 @@ def parity(check: Check) -> dict[str, Any]:
                 row["skipped"] = f"{library} does not import here ({type(exc).__name__}: {first_line})"
                 rows.append(row)
                 continue
-            kept = {k: v for k, v in reference.state_dict().items() if not k.startswith(("fc.", "classifier."))}
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{theirs}.pth"
+                torch.save(reference.state_dict(), path)
+                backbone = create_backbone(ours, weights=path).to(device).eval()
+            reference = reference.to(device).eval()
+            _drop_classifier(reference)
+            images = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
+            with torch.no_grad():
+                ours_out, theirs_out = backbone(images), reference(images).flatten(1)
             row |= {
-                "reference_parameters": sum(
-                    p.numel() for n, p in reference.named_parameters() if not n.startswith(("fc.", "classifier."))
-                ),
-                "tensors_matching_name_and_shape": sum(
-                    k in state and state[k].shape == v.shape for k, v in kept.items()
-                ),
-                "reference_tensors": len(kept),
+                "parameters": sum(p.numel() for p in backbone.parameters()),
+                "max_abs_difference": float((ours_out - theirs_out).abs().max()),
+                "feature_scale": float(theirs_out.abs().max()),
+                "device": device,
             }
             rows.append(row)
-    return {
-        "rows": rows,
-        "note": "loading torchvision/timm checkpoints by name is the pretrained-backbones issue; "
-        "until then this counts what already matches",
-    }
+    return {"rows": rows, "note": "max |Δ| of the pooled features on a (4, 3, 224, 224) input, eval mode"}
+
+
+def _drop_classifier(model: torch.nn.Module) -> None:
+    """torchvision keeps ``fc`` / ``classifier``, timm ``fc`` / ``classifier``: replace them by the identity."""
+    for name in ("fc", "classifier"):
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            setattr(model, name, torch.nn.Identity())
 
 
 def _reference_model(library: str, name: str) -> torch.nn.Module:

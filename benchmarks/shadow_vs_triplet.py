@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import statistics
 import tempfile
 import time
@@ -107,6 +108,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 SHADOW_VARIANTS = ("shadow", "shadow-raw")
 BASELINE = "triplet"
+EPOCH_LINE = re.compile(r"epoch \d+: loss ")  # edgedml.training.trainer.epoch_line
 REPORT_EPOCHS = (1, 2, 3, 5, 10)
 TARGET_FRACTION = 0.95
 CLAIMED_RATIO = 1.5  # the paper: 1.5-2x fewer epochs than triplet
@@ -214,7 +216,9 @@ class TestRecallRecorder(Progress):
         self._epoch_started = time.perf_counter()
 
     def note(self, message: str) -> None:
-        if self.trainer is None or self._epoch_started is None:
+        """The trainer's end-of-epoch line (``epoch N: loss ...``); its other notes (a capped batch, a collapse
+        warning) are not epoch ends."""
+        if self.trainer is None or self._epoch_started is None or not EPOCH_LINE.match(message):
             return
         record = json.loads(self.trainer.run.metrics.read_text(encoding="utf-8").splitlines()[-1])
         self.result.epoch_seconds.append(time.perf_counter() - self._epoch_started)

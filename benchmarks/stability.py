@@ -15,7 +15,10 @@ and ``metrics.jsonl`` (validation Recall@1 and the largest gradient norm of each
 - ``no-warmup``: the defaults without the learning-rate warm-up (``warmup_epochs: 0``), the recipe before it;
 - ``raw16``: the setting the instability was seen in: Shadow on raw projections (``normalize: False``,
   batch-all), 16-d, batch 64 = 32 classes x 2 images, ``crop_scale`` 1.0, 5 epochs, with the default
-  warm-up; ``raw16-no-warmup``: the same without it (the recipe of the S2SD benchmark).
+  warm-up; ``raw16-no-warmup``: the same without it (the recipe of the S2SD benchmark); ``norm16``: the same
+  as ``raw16`` with normalized embeddings (the one change that matters);
+- ``plain32`` / ``s2sd32``: the defaults at 32-d, alone and with ``--distill s2sd`` at its defaults (four
+  heads 512-2048, w = 1): ``--compare s2sd32 plain32`` judges "S2SD with its defaults beats or matches plain".
 
 Per run the table shows the test Recall@1 / MAP@R, the best validation epoch, how far the last epoch's
 validation Recall@1 fell below the best one ("decline", a run that peaks early and degrades shows here), and
@@ -26,6 +29,7 @@ Run (from the repository root, 2 CPU cores with nothing else running):
 
     python benchmarks/stability.py                                # defaults, 5 seeds (~20 min)
     python benchmarks/stability.py --recipes defaults no-warmup raw16 raw16-no-warmup --json stability.json
+    python benchmarks/stability.py --recipes plain32 s2sd32 --seeds 3 --epochs 10 --compare s2sd32 plain32
     python benchmarks/stability.py --quick                        # smoke run: 2 seeds, 1 epoch
 """
 
@@ -41,6 +45,7 @@ from typing import Any
 
 from benchmark_tools import (
     benchmark_parser,
+    compare,
     fit_outcome,
     fmt_mean_std,
     log_progress,
@@ -66,6 +71,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "no-warmup": {"warmup_epochs": 0.0},
     "raw16": RAW16,
     "raw16-no-warmup": {**RAW16, "warmup_epochs": 0.0},
+    "norm16": {**RAW16, "normalize": True},
+    "plain32": {"dim": 32},
+    "s2sd32": {"dim": 32, "distill": "s2sd"},
 }
 STD_TARGET, SHORTFALL_TARGET = 1.0, 2.0  # points of Recall@1
 
@@ -156,6 +164,9 @@ def main() -> None:
     )
     parser.add_argument("--data", default="glyphs", help="data set (default glyphs)")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["defaults"], help="default: defaults")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"), choices=list(RECIPES), help="also judge 'A beats B', paired by seed"
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs, args.recipes = 2, 1, ["defaults"]
@@ -208,6 +219,16 @@ def main() -> None:
         )
     print()
     print(markdown_table(["recipe", "R@1", "MAP@R", "worst seed below mean (pts)", "target"], summary_rows))
+    if args.compare:
+        a, b = args.compare
+        judged = compare([r for r in runs if r.recipe == a], [r for r in runs if r.recipe == b])
+        deltas = ", ".join(f"{d:+.2f}" for d in judged.deltas)
+        print(
+            f"\n{a} vs {b}: Δ R@1 {judged.mean:+.2f} points (per seed {deltas}), Δ MAP@R "
+            f"{sum(judged.map_deltas) / max(len(judged.map_deltas), 1):+.2f}, {judged.wins}/{len(judged.deltas)} "
+            f"seeds better, noise {judged.noise:.2f}: {judged.verdict}"
+        )
+        verdicts["compare"] = {"a": a, "b": b, **judged.to_dict()}
     print(total_time_line(time.perf_counter() - started))
     if args.json:
         payload = {"runs": [{**asdict(r), "decline": r.decline} for r in runs], "verdicts": verdicts}

@@ -129,7 +129,8 @@ def train(
         str | None, typer.Option("--aux-dims", help="S2SD head dimensions, e.g. 512,1024,1536,2048 (one: DSD).")
     ] = None,
     distill_weight: Annotated[
-        float | None, typer.Option("--distill-weight", help="w, weight of the similarity distillation.")
+        float | None,
+        typer.Option("--distill-weight", help="w, weight of the similarity distillation (default 1; the paper: 50)."),
     ] = None,
     distill_temperature: Annotated[
         float | None, typer.Option("--distill-temperature", help="T, distillation temperature.")
@@ -154,7 +155,10 @@ def train(
         str | None, typer.Option("--profile", help="Plan for a device profile (edgedml profiles list).")
     ] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Data-loading worker processes.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Data-loading worker processes (default: on CUDA min(4, cores - 1), CPU 0)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
     json_output: JsonOption = False,
 ) -> None:

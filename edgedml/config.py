@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ class TrainConfig:
     budget: str | None = None  # (str) device memory this run may use, e.g. 2.5GiB; None: what the device has free
     profile: str | None = None  # (str) plan for this device profile (edgedml profiles list) or a profile YAML file
     amp: bool = False  # (bool) mixed precision (CUDA only)
-    workers: int = 0  # (int) data-loading worker processes
+    workers: int | None = None  # (int) data-loading worker processes; None: on CUDA min(4, CPU cores - 1), on CPU 0
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -206,7 +207,8 @@ class TrainConfig:
             )
         if self.input_size is not None:
             _int_range("input_size", self.input_size, MIN_INPUT_SIZE, MAX_INPUT_SIZE, unit=" pixels")
-        _int_range("workers", self.workers, 0, MAX_WORKERS)
+        if self.workers is not None:
+            _int_range("workers", self.workers, 0, MAX_WORKERS)
         self._check_fine_tuning()
         if self.budget is not None:
             parse_bytes(self.budget, "--budget")
@@ -333,6 +335,16 @@ class TrainConfig:
         if self.warmup_steps is not None:
             return self.warmup_steps
         return round(self.warmup_epochs * steps_per_epoch)
+
+    def workers_for(self, device_type: str) -> int:
+        """``workers``, or when unset: on CUDA enough processes to decode while the GPU trains (a CPU core is left
+        to the training process, at most 4: benchmarks/data_pipeline.py), on the CPU none (the decoding would take
+        cores from the model step itself)."""
+        if self.workers is not None:
+            return self.workers
+        if device_type != "cuda":
+            return 0
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
 
     def with_default_batch(self, train_classes: int) -> tuple[TrainConfig, str | None]:
         """The config with an unset batch filled in, and a note when the data set capped it.

@@ -45,6 +45,11 @@ def test_parameters_gradients_and_optimizer_state_are_counted_exactly():
         tracer.optimizer_state == 2 * parameter_bytes + 4 * parameter_tensors
     )  # exp_avg, exp_avg_sq, a float32 step each
     assert StepTracer(config(optimizer="sgd"), input_size=16).optimizer_state == parameter_bytes  # momentum buffers
+    # --freeze-bn: the BatchNorm affine parameters take no gradient and no AdamW state, and the planner knows it
+    frozen = StepTracer(config(optimizer="adamw", freeze_bn=True), input_size=16)
+    assert frozen.parameters == parameter_bytes
+    assert frozen.gradients == parameter_bytes - 4 * batch_norm
+    assert frozen.optimizer_state == 2 * (parameter_bytes - 4 * batch_norm) + 4 * (parameter_tensors - 2 * len(widths))
 
 
 def real_step_peak(cfg: TrainConfig, input_size: int, batch_size: int, memory_size: int) -> int:

@@ -205,3 +205,37 @@ def test_resume_keeps_the_recipe(shared_image_folder, cli, tmp_path, tiny_train_
     )
     state = load_file(run / "last.safetensors")
     assert any(key.startswith("optimizer.") for key in state)
+
+
+# ---- a collapsed model is reported ------------------------------------------------------------
+
+
+def test_concentration_is_the_length_of_the_mean_unit_vector():
+    from edgedml.training.evaluate import concentration
+
+    assert concentration(torch.tensor([[2.0, 0.0], [5.0, 0.0]])) == pytest.approx(1.0)  # one direction
+    assert concentration(torch.tensor([[1.0, 0.0], [-3.0, 0.0]])) == pytest.approx(0.0)  # opposite
+    assert concentration(torch.tensor([[1.0, 0.0], [0.0, 2.0]])) == pytest.approx(math.sqrt(0.5))
+
+
+def test_a_run_whose_validation_embeddings_collapse_says_why_once(shared_image_folder, tmp_path, monkeypatch, caplog):
+    cfg = folder_config(shared_image_folder, epochs=2, normalize=False)
+    trainer = Trainer(cfg, tmp_path / "run")
+    monkeypatch.setattr(trainer, "_validate", lambda: {"recall_at_1": 0.3, "map_at_r": 0.1, "concentration": 0.995})
+    with caplog.at_level("WARNING", logger="edgedml"):
+        trainer._train_epochs()
+    warnings = [r.getMessage() for r in caplog.records if "collapsed onto one direction" in r.getMessage()]
+    assert len(warnings) == 1 and "--normalize" in warnings[0] and "0.995" in warnings[0]
+    records = [json.loads(line) for line in trainer.run.metrics.read_text().splitlines()]
+    assert [r["val_concentration"] for r in records] == [0.995, 0.995]  # recorded every epoch
+
+
+def test_workers_default_to_feeding_a_gpu_and_to_none_on_the_cpu(monkeypatch):
+    import edgedml.config as config_module
+
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 6)
+    assert config().workers_for("cuda") == 4  # at most 4, a core left for training
+    assert config().workers_for("cpu") == 0
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 2)
+    assert config().workers_for("cuda") == 1
+    assert config(workers=3).workers_for("cuda") == 3  # the user's value is kept

@@ -62,7 +62,15 @@ def evaluate_split(
     if full:
         return retrieval_metrics(embeddings, labels, seed=seed)
     recall, map_at_r, _ = recall_and_map(embeddings, labels, ks=(1,))
-    return {"recall_at_1": recall[1], "map_at_r": map_at_r}
+    return {"recall_at_1": recall[1], "map_at_r": map_at_r, "concentration": concentration(embeddings)}
+
+
+def concentration(embeddings: torch.Tensor) -> float:
+    """Length of the mean of the L2-normalized embeddings: 0 for directions spread evenly, 1 when all point one way
+    (a collapsed model; healthy glyphs runs sit near 0.5)."""
+    if len(embeddings) == 0:
+        return float("nan")
+    return float(torch.nn.functional.normalize(embeddings.float(), dim=1).mean(dim=0).norm())
 
 
 def load_run_model(

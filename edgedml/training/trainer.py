@@ -78,6 +78,9 @@ from edgedml.units import format_bytes
 
 log = logging.getLogger(__name__)
 TEST_STAGE = "evaluating the best weights on the unseen test classes"
+# Validation embeddings whose unit vectors average to this length point (nearly) one way: a collapsed model.
+# Healthy glyphs runs measure 0.45-0.6, the collapsed raw-Shadow runs 0.99 (docs/methods.md §7).
+COLLAPSED = 0.97
 
 
 @dataclass
@@ -117,7 +120,7 @@ class Trainer:
         prepared = prepare_data(config.data, config.train_classes, config.val_fraction, config.seed)
         self.splits: Splits = prepared.splits
         self.skipped = prepared.skipped
-        self.config, self.plan, notes = resolve_config(config, prepared)
+        self.config, self.plan, notes = resolve_config(config, prepared, self.device.type)
         self.dist = self._join_process_group()
         for note in notes:  # what the run chose for the user (rank 0 only: the others' display is silent)
             log.info("%s", note)
@@ -140,6 +143,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.config.amp)
         self.progress = TrainProgress(skipped_images=self.skipped)
         self._stop_requested = False
+        self._warned_collapse = False
         self._replaces: RunDir | None = None  # with --overwrite: the old run, until the new one's first checkpoint
         val_counts = Counter(s.label for s in self.splits.val)
         self._can_validate = any(count >= 2 for count in val_counts.values())
@@ -342,6 +346,7 @@ class Trainer:
                 batch_sampler=keys[progress.step :],
                 collate_fn=collate_skip_bad,
                 num_workers=config.workers,
+                pin_memory=self.device.type == "cuda",  # lets the copy to the GPU overlap (non_blocking)
             )
             with self._stop_on_ctrl_c():
                 for batch in loader:
@@ -477,6 +482,25 @@ class Trainer:
         self._save_last()
         if self.dist.is_main:
             self.display.note(epoch_line(record))
+            if "val_concentration" in record:
+                self._warn_if_collapsed(record["val_concentration"])
+
+    def _warn_if_collapsed(self, value: float) -> None:
+        """Once per run: the validation embeddings all point one way, so retrieval (by direction) cannot work."""
+        if value < COLLAPSED or self._warned_collapse:
+            return
+        self._warned_collapse = True
+        cause = (
+            "Shadow on raw projections (--no-normalize) can tell classes apart by length alone; train with --normalize"
+            if self.config.loss == "shadow" and not self.config.normalize
+            else "lower --lr, or check the labels"
+        )
+        message = (
+            f"after epoch {self.progress.epoch}: the validation embeddings have collapsed onto one direction "
+            f"(mean unit vector of length {value:.3f}); {cause}"
+        )
+        log.warning("%s", message)
+        self.display.note(message)
 
     def _test_metrics(self, full: bool):
         with self._out_of_memory_is_an_error():
@@ -605,7 +629,9 @@ def _without_epochs(config: TrainConfig, metadata: dict[str, Any]) -> TrainConfi
     return TrainConfig(**{**config.to_dict(), "epochs": saved_epochs})
 
 
-def resolve_config(config: TrainConfig, prepared: PreparedData) -> tuple[TrainConfig, Plan | None, list[str]]:
+def resolve_config(
+    config: TrainConfig, prepared: PreparedData, device_type: str = "cpu"
+) -> tuple[TrainConfig, Plan | None, list[str]]:
     """The run's configuration with every derived value filled in, as a new object, and its memory plan.
 
     The input size and crop scale follow the data source unless set; a budget, a device profile or an
@@ -617,6 +643,7 @@ def resolve_config(config: TrainConfig, prepared: PreparedData) -> tuple[TrainCo
         crop_scale=config.crop_scale if config.crop_scale is not None else prepared.default_crop_scale,
         freeze_bn=config.freezes_bn,
         backbone_lr_mult=config.backbone_lr_multiplier,
+        workers=config.workers_for(device_type),
     )
     resolved, batch_note = resolved.with_default_batch(len(prepared.splits.train_classes))
     size_note = prepared.input_size_note if config.input_size is None else None
