@@ -61,7 +61,10 @@ def test_the_dry_run_runs_every_section_on_the_cpu_and_writes_its_json(tmp_path)
 
     parity = sections["parity"]["rows"]
     assert {(row["backbone"], row["library"]) for row in parity} == {
-        (backbone, library) for backbone in ("resnet18", "mobilenetv2") for library in ("torchvision", "timm")
+        (backbone, library)
+        for backbone in ("resnet18", "resnet34", "resnet50", "mobilenetv2")
+        for library in ("torchvision", "timm")
     }
-    assert {row["edgedml_parameters"] for row in parity if row["backbone"] == "resnet18"} == {11_176_512}
+    for row in parity:  # here torchvision does not import; where it does, its own weights must give its features
+        assert "does not import here" in row.get("skipped", "") or row["max_abs_difference"] <= 1e-5, row
     assert "## planner: ok" in done.stdout and "| tiny@32 b16 |" in done.stdout
