@@ -47,6 +47,10 @@ MAX_MEMORY_SLOTS = 2**24
 # Data-loading worker processes: more than this starts hundreds of processes that wait on the same disk. A fixed
 # bound (not this machine's CPU count), so that a run's config.yaml validates on any machine it is resumed on.
 MAX_WORKERS = 64
+# The input normalization of ImageNet-pretrained weights (RGB in [0, 1], then (x - mean) / std per channel): what
+# every transform, export and weight file here uses, in the base layer so that data and models share it.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # Fine-tuning defaults, chosen by benchmarks/stability.py on glyphs (README, "Seed stability").
 WARMUP_EPOCHS = 1.0
 GRAD_CLIP = 0.0

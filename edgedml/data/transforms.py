@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from edgedml.config import IMAGENET_MEAN, IMAGENET_STD
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from edgedml.config import IMAGENET_MEAN, IMAGENET_STD
 from edgedml.errors import ModelError
 from edgedml.io import atomic_path
 from edgedml.progress import SILENT, Progress
@@ -35,9 +36,6 @@ log = logging.getLogger(__name__)
 IMAGENET = "imagenet"  # the --weights value that asks for the catalogue's file
 DEFAULT_BASE_URL = "https://download.pytorch.org/models/"
 BASE_URL_ENV = "EDGEDML_WEIGHTS_URL"
-# RGB, inputs scaled to [0, 1]; the values of edgedml.data.transforms, a sibling layer models may not import
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0
 FULL_DIGEST_HEX = 64

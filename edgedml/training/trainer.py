@@ -140,6 +140,7 @@ class Trainer:
         self.forward_train: nn.Module = self._parallel(self.network)
         self.loss_fn = self._build_objective().to(self.device)
         self.optimizer = make_optimizer(self.network, self.config)
+        self._trainable = [p for p in self.network.parameters() if p.requires_grad]  # what clipping sees, per step
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.config.amp)
         self.progress = TrainProgress(skipped_images=self.skipped)
         self._stop_requested = False
@@ -556,10 +557,6 @@ class Trainer:
         return summary
 
     # ---- state --------------------------------------------------------------------
-    @property
-    def _trainable(self) -> list[nn.Parameter]:
-        return [p for p in self.network.parameters() if p.requires_grad]
-
     def _lr(self, global_step: int) -> float:
         """The heads' learning rate at ``global_step``: a linear warm-up from 0 over the warm-up steps, then
         constant (``scheduler: none``) or a cosine decay to 0 over the remaining steps; the backbone's is this
