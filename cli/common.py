@@ -27,6 +27,18 @@ DataOption = Annotated[
     ),
 ]
 RunDirArgument = Annotated[Path, typer.Argument(help="A run directory written by edgedml train.", show_default=False)]
+RerankOption = Annotated[
+    str,
+    typer.Option(
+        "--rerank",
+        help=(
+            "none | qe: α-query expansion (the query plus its top 2 hits weighted by score^3, searched again: "
+            "one more search) | kreciprocal: k-reciprocal re-ranking of the top 100 hits (Zhong et al. 2017: "
+            "Jaccard distance of k-reciprocal neighbour sets, k1 20, k2 6, λ 0.3; two index searches per hit, "
+            "some 50 times a plain search). Re-ranked scores are no longer cosines."
+        ),
+    ),
+]
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:

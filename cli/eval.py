@@ -10,6 +10,7 @@ import typer
 from edgedml.cli.common import (
     DataOption,
     JsonOption,
+    RerankOption,
     console,
     library_errors,
     metric_rows,
@@ -31,6 +32,27 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best | last (run directories).")] = "best",
     runtime: RuntimeOption = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
+    rerank: RerankOption = "none",
+    examples: Annotated[
+        Path | None,
+        typer.Option(
+            "--examples",
+            help="Also draw example queries into this picture (.png, .jpg, .svg, .pdf): up to 8 of the split, half "
+            "of them failures (a wrong top-1) when there are any, chosen with the run's seed, each with its top 5 "
+            "among the split's other images, framed green (same class) or red (another class).",
+        ),
+    ] = None,
+    embedding_plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--embedding-plot",
+            help="Also draw the split's embeddings in 2-d, coloured by class, into this picture "
+            "(a seeded random 3000 of them when there are more).",
+        ),
+    ] = None,
+    projection: Annotated[
+        str | None, typer.Option("--projection", help="pca | tsne: the --embedding-plot's projection.")
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Evaluate a trained run or an exported model: Recall@K, MAP@R, R-precision, NMI, silhouette.
@@ -38,15 +60,31 @@ def evaluate(
     An exported model is scored on the split its run made (the file's metadata records it).
     """
     setup_logging()
-    from edgedml.retrieval.evaluate import evaluate_model
+    from edgedml.retrieval.evaluate import evaluate_embedded, evaluate_model
 
+    pictures = examples is not None or embedding_plot is not None or projection is not None
+    if pictures:
+        from edgedml.retrieval.pictures import check_evaluation_pictures, evaluation_pictures
+
+        with library_errors():
+            check_evaluation_pictures(examples, embedding_plot, projection)  # before any work
+    options = dict(data=data, split=split, checkpoint=checkpoint, runtime=runtime, device=device, rerank=rerank)
+    drawn = []
     with library_errors(), RichProgress(hidden=json_output) as progress:
-        metrics = evaluate_model(
-            model, data=data, split=split, checkpoint=checkpoint, runtime=runtime, device=device, progress=progress
-        )
-    result = metrics.to_dict()
+        if pictures:  # the pictures show the lists the metrics scored (re-ranked with --rerank)
+            evaluation = evaluate_embedded(model, progress=progress, **options)
+            metrics = evaluation.metrics
+            drawn = evaluation_pictures(
+                evaluation.embedded, examples, embedding_plot, projection, evaluation.neighbours, split=split
+            )
+        else:
+            metrics = evaluate_model(model, progress=progress, **options)
+    result = {**metrics.to_dict(), "rerank": rerank}
     if json_output:
         print_json(result)
         return
     what = f"{model} ({checkpoint})" if model.is_dir() else str(model)
-    console.print(metrics_table(f"{what} on the {split} split", metric_rows(result)))
+    reranked = "" if rerank == "none" else f", re-ranked ({rerank})"
+    console.print(metrics_table(f"{what} on the {split} split{reranked}", metric_rows(result)))
+    for picture in drawn:
+        console.print(f"drew {picture}")

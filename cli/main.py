@@ -15,6 +15,7 @@ from edgedml.cli.profile import profile
 from edgedml.cli.profiles import profiles_app
 from edgedml.cli.quickstart import quickstart
 from edgedml.cli.search import search
+from edgedml.cli.serve import serve
 from edgedml.cli.train import train
 from edgedml.cli.weights import weights_app
 
@@ -34,6 +35,7 @@ app.command("profile")(profile)
 app.command("export")(export)
 app.command("index")(index)
 app.command("search")(search)
+app.command("serve")(serve)
 app.command("bench")(bench)
 app.add_typer(weights_app, name="weights")
 

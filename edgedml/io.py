@@ -12,9 +12,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgedml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _new_file_mode() -> int:
@@ -61,6 +64,20 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     """Let ``writer`` write a temporary path, then move it onto ``path``."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a file :func:`append_jsonl` wrote, one per line; none when the file does not exist."""
+    target = Path(path)
+    if not target.is_file():
+        return []
+    return [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_figure(figure: Figure, path: str | os.PathLike, dpi: float) -> None:
+    """Render a matplotlib figure into ``path``, in the format its suffix names (png without one)."""
+    picture_format = Path(path).suffix.lstrip(".").lower() or "png"
+    write_with(path, lambda tmp: figure.savefig(tmp, format=picture_format, dpi=dpi))
 
 
 # ---- output locations, checked before any work ---------------------------------------------------

@@ -67,16 +67,23 @@ def ranked_neighbours(embeddings: torch.Tensor, depth: int, chunk: int = 1024) -
     return torch.cat(indices), torch.cat(scores)
 
 
-def recall_and_map(
-    embeddings: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = RECALL_KS
+def neighbour_depth(labels: torch.Tensor, ks: tuple[int, ...] = RECALL_KS) -> int:
+    """How deep each query's ranked list must go for Recall@max(ks) and MAP@R: max(max(ks), largest R)."""
+    class_sizes = torch.bincount(labels.long().cpu())
+    return int(max(max(ks), int(class_sizes.max()) - 1))
+
+
+def metrics_from_neighbours(
+    neighbours: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = RECALL_KS
 ) -> tuple[dict[int, float], float, float]:
-    """Recall@K for each K, MAP@R and R-precision. embeddings: (N, D); labels: (N,)."""
+    """Recall@K for each K, MAP@R and R-precision of ranked lists, leave-one-out.
+
+    neighbours: (N, depth) long, row i the indices of item i's nearest others, best first (depth: at least
+    ``neighbour_depth``, or all N - 1 others); labels: (N,).
+    """
     labels = labels.long().cpu()
-    class_sizes = torch.bincount(labels)
-    r_per_query = class_sizes[labels] - 1
-    depth = int(max(max(ks), int(r_per_query.max())))
-    neighbours, _ = ranked_neighbours(embeddings.cpu(), depth)
-    hits = labels[neighbours] == labels[:, None]  # (N, depth)
+    r_per_query = torch.bincount(labels)[labels] - 1
+    hits = labels[neighbours.long().cpu()] == labels[:, None]  # (N, depth)
     valid = r_per_query > 0  # a query with no other item of its class has nothing to retrieve
     if not bool(valid.any()):
         raise DataError(
@@ -94,13 +101,29 @@ def recall_and_map(
     return recall, float(map_at_r[valid].mean()), float(r_precision[valid].mean())
 
 
+def recall_and_map(
+    embeddings: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = RECALL_KS
+) -> tuple[dict[int, float], float, float]:
+    """Recall@K for each K, MAP@R and R-precision of cosine rankings. embeddings: (N, D); labels: (N,)."""
+    neighbours, _ = ranked_neighbours(embeddings.cpu(), neighbour_depth(labels, ks))
+    return metrics_from_neighbours(neighbours, labels, ks)
+
+
 def retrieval_metrics(
-    embeddings: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = RECALL_KS, seed: int = 0
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    ks: tuple[int, ...] = RECALL_KS,
+    seed: int = 0,
+    neighbours: torch.Tensor | None = None,
 ) -> RetrievalMetrics:
+    """All metrics; the ranked ones of ``neighbours`` (N, depth) when given (re-ranked lists), else of cosine."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
-    recall, map_at_r, r_precision = recall_and_map(embeddings, labels, ks)
+    if neighbours is None:
+        recall, map_at_r, r_precision = recall_and_map(embeddings, labels, ks)
+    else:
+        recall, map_at_r, r_precision = metrics_from_neighbours(neighbours, labels, ks)
     points = F.normalize(embeddings.float(), dim=1).cpu().numpy().astype(np.float64)
     targets = labels.cpu().numpy()
     num_classes = len(np.unique(targets))

@@ -16,7 +16,10 @@ only these changes, each made by one explicit rule below:
   1 warm-up for ``bench``; the data sets are digits, glyphs and tiny image folders;
 - ``torchrun`` runs as ``python -m torch.distributed.run --standalone`` (a free port) with ``--device cpu``;
 - downloads (``--weights imagenet``, ``weights download``) come from a server on 127.0.0.1 standing in for
-  download.pytorch.org (``weights_mirror``): this machine has no internet.
+  download.pytorch.org (``weights_mirror``): this machine has no internet;
+- ``serve`` runs as a user runs it, as a process, on a free port (``--port 0``) and on 127.0.0.1 (servers the
+  tests start listen on loopback only: another ``--host`` is replaced); once ``/health`` answers, ``/search``
+  is asked for the query image's neighbours, then Ctrl-C (SIGINT) must stop it with exit code 0.
 
 Every other option stays as written: the point is that the documented combinations are accepted and work.
 A command that needs what this machine lacks (a TensorRT engine, ``--device cuda``, ``--amp``) still runs
@@ -31,6 +34,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -137,6 +141,7 @@ MIRRORED_WEIGHTS = ("mobilenetv2",)
 PREFIXES = {"/tmp/": "tmp/"}
 # Options whose value a command reads (an input); a positional argument is an input too.
 OUTPUT_OPTIONS = ("--out",)  # ... except with --append, where --out is the index to extend
+PICTURE_OPTIONS = ("--show", "--examples", "--embedding-plot")  # outputs too: the pictures a command draws
 
 
 def tiny(command: Command, args: list[str], set_option: Callable) -> list[str]:
@@ -154,6 +159,9 @@ def tiny(command: Command, args: list[str], set_option: Callable) -> list[str]:
         return set_option(args, "--epochs", "1")
     if name == "bench":
         return set_option(set_option(args, "--iters", "3"), "--warmup", "1")
+    if name == "serve":  # a free port, on loopback only
+        args = set_option(args, "--port", "0")
+        return set_option(args, "--host", "127.0.0.1") if "--host" in args else args
     return args
 
 
@@ -243,6 +251,8 @@ def inputs(args: list[str]) -> list[str]:
         if arg.startswith("-"):
             continue
         if i and args[i - 1] in OUTPUT_OPTIONS and "--append" not in args:
+            continue
+        if i and args[i - 1] in PICTURE_OPTIONS:
             continue
         if "/" in arg or re.search(r"\.(csv|ya?ml|png|jpe?g|onnx|engine|plan|safetensors)$", arg):
             found.append(arg)
@@ -341,7 +351,12 @@ class Workspace:
         if command.line not in self.outcomes:
             self.running.add(command.line)
             try:
-                self.outcomes[command.line] = self._torchrun(command) if command.torchrun else self._cli(command)
+                if command.torchrun:
+                    self.outcomes[command.line] = self._torchrun(command)
+                elif command.subcommand == "serve":
+                    self.outcomes[command.line] = self._serve(command)
+                else:
+                    self.outcomes[command.line] = self._cli(command)
             finally:
                 self.running.discard(command.line)
         return self.outcomes[command.line]
@@ -358,6 +373,47 @@ class Workspace:
             os.chdir(cwd)
             torch.set_num_threads(threads)  # bench --threads sets PyTorch's process-wide count
         return Outcome(result.exit_code, result.output, result.stdout, result.exception, ["edgedml", *args])
+
+    def _serve(self, command: Command) -> Outcome:
+        """The server as a process: up, one search of the query image answered, stopped by Ctrl-C."""
+        import httpx
+
+        args = self.arguments(command)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "NO_COLOR": "1"}
+        token = args[args.index("--token") + 1] if "--token" in args else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "edgedml.cli.main", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=self.root,
+        )
+        lines: list[str] = []
+        try:
+            url = None
+            for line in server.stdout:  # the start-up lines, up to the URL
+                lines.append(line)
+                found = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
+                if found:
+                    url = found.group(1)
+                    break
+            assert url is not None, "".join(lines)
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+                assert client.get("health").json()["status"] == "ok"
+                query = self.ensure("query.png").read_bytes()
+                found = client.post("search", files={"images": ("query.png", query, "image/png")})
+                assert found.status_code == 200, found.text
+                assert found.json()["results"][0]["hits"], found.text
+            server.send_signal(signal.SIGINT)
+            rest, _ = server.communicate(timeout=60)
+            lines.append(rest)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+        return Outcome(server.returncode, "".join(lines), "".join(lines), None, ["edgedml", *args])
 
     def _torchrun(self, command: Command) -> Outcome:
         launcher = list(command.args[1 : command.args.index("-m")])

@@ -9,8 +9,10 @@ read from the header it opens anyway, for the input size that follows the images
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -31,8 +33,8 @@ JPEG_FORMATS = ("JPEG", "MPO")  # MPO: the multi-picture JPEG some cameras write
 Size = tuple[int, int]  # (width, height) in pixels
 
 
-def load_image(image: ImageRef, min_side: int | None = None) -> Image.Image:
-    """Decode a path or array into an RGB PIL image; raises one of ``DECODE_ERRORS`` on failure.
+def load_image(image: ImageRef | BinaryIO, min_side: int | None = None) -> Image.Image:
+    """Decode a path, open binary file or array into an RGB PIL image; raises one of ``DECODE_ERRORS`` on failure.
 
     A file's EXIF orientation is applied (phone photos are stored sideways with a rotation tag).
     ``min_side``: a JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 of its size whose shorter side is
@@ -78,6 +80,33 @@ def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     else:
         values, top = values - low, max(high - low, 1e-12)
     return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+class UnsupportedImage(DataError):
+    """Bytes that are no image format Pillow reads (a text file named ``.png``)."""
+
+
+def decode_upload(data: bytes, name: str) -> np.ndarray:
+    """An uploaded image's bytes as an (H, W, 3) uint8 RGB array, decoded as :func:`load_image` decodes files.
+
+    The same checks as the CLI's: Pillow's decompression-bomb guard (a header claiming more than twice
+    ``Image.MAX_IMAGE_PIXELS``), only the formats Pillow opens, EXIF orientation applied. Raises
+    :class:`UnsupportedImage` for bytes of no image format and DataError for an empty, truncated or
+    oversized image, each a one-line reason that names the upload.
+    """
+    if not data:
+        raise DataError(f"upload {name}: empty file")
+    try:
+        return np.asarray(load_image(io.BytesIO(data)))
+    except UnidentifiedImageError:
+        raise UnsupportedImage(f"upload {name}: not an image format Pillow reads") from None
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"upload {name}: claims more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb)"
+        ) from None
+    except DECODE_ERRORS as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"upload {name}: unreadable image ({detail})") from None
 
 
 def check_image(image: ImageRef) -> str | None:

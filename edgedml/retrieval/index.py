@@ -22,6 +22,7 @@ An interrupted build leaves the previous index as it was, and its embedded chunk
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -32,15 +33,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
 from edgedml import __version__
-from edgedml.data import Sample, Source, class_disjoint_split, load_source, scan_samples
+from edgedml.data import Sample, Source, class_disjoint_split, load_source, named_sources, scan_samples
+from edgedml.data.images import DECODE_ERRORS, load_image
 from edgedml.errors import ConfigError, DataError, ModelError
 from edgedml.export.load import load_embedder
 from edgedml.export.runtime import Embedder, ModelInfo, check_runtime_output, embed_samples, file_digest
 from edgedml.io import write_json, write_with
 from edgedml.progress import SILENT, Progress
 from edgedml.retrieval.evaluate import SplitSettings, split_settings
+from edgedml.retrieval.rerank import make_direct_map
 from edgedml.training.evaluate import SPLIT_NAMES
 
 log = logging.getLogger(__name__)
@@ -307,6 +311,9 @@ class GalleryIndex:
 
     def __init__(self, root: Path, meta: dict[str, Any], index, manifest: Manifest, device: str = "cpu"):
         self.root, self.meta, self.index, self.manifest = root, meta, index, manifest
+        if self.params.type != "flat":
+            # what reconstruct (re-ranking reads stored vectors) needs, made now: searches never change the index
+            make_direct_map(index)
         self.searched = on_device(index, device)
         if self.params.type != "flat":
             set_nprobe(self.searched, self.params.nprobe)
@@ -347,6 +354,27 @@ class GalleryIndex:
             )
         return cls(root, meta, index, manifest, device)
 
+    @property
+    def generation(self) -> int:
+        return int(self.meta["generation"])
+
+    def image(self, row: int, min_side: int | None = None) -> Image.Image:
+        """Gallery row ``row``'s image as RGB: its file, or the bundled source's sample for ``<source>#<position>``.
+
+        Only what the manifest lists is ever opened. ``min_side``: a large JPEG may decode at reduced scale
+        with its shorter side still at least this (a thumbnail's size). Raises DataError when it is unreadable.
+        """
+        if not 0 <= row < len(self.manifest):
+            raise DataError(f"{self.root}: no gallery row {row} (the index holds {len(self.manifest)})")
+        key = self.manifest.paths[row]
+        name, hash_sign, position = key.rpartition("#")
+        try:
+            if hash_sign and name in named_sources and position.isdigit():
+                return load_image(_bundled_samples(name)[int(position)].image)
+            return load_image(key, min_side)
+        except (IndexError, *DECODE_ERRORS) as exc:
+            raise DataError(f"gallery image {key}: unreadable ({type(exc).__name__})") from None
+
     def search(self, embeddings: np.ndarray, top_k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores and row ids of the ``top_k`` nearest rows: (Q, k) each; id -1 where fewer were found."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
@@ -354,6 +382,12 @@ class GalleryIndex:
         if self.params.type != "flat":
             set_nprobe(self.searched, nprobe or self.params.nprobe)
         return self.searched.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(top_k, self.count))
+
+
+@functools.cache
+def _bundled_samples(name: str) -> list[Sample]:
+    """A bundled source's samples, in the order its ``<source>#<position>`` keys count them (built once)."""
+    return load_source(name, min_classes=0).samples
 
 
 def read_meta(root: Path) -> dict[str, Any]:

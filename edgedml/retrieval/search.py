@@ -1,4 +1,5 @@
-"""Search a gallery index with query images, embedded by the model that built the index.
+"""Search a gallery index with query images, embedded by the model that built the index, optionally re-ranked
+(``edgedml.retrieval.rerank``).
 
 The model is the one named in the index's ``index.json`` unless another file is given (a moved or
 re-exported copy); either way it must be the index's model: the same file (sha256), or one exported
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from edgedml.errors import ConfigError, DataError, ModelError
 from edgedml.export.load import load_embedder
 from edgedml.export.runtime import Embedder, embed_samples, file_digest
 from edgedml.retrieval.index import GalleryIndex, check_same_model
+from edgedml.retrieval.rerank import Rerank
+from edgedml.retrieval.rerank import rerank as rerank_hits
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,14 @@ class Searcher:
 
     @classmethod
     def open(
-        cls, index_dir: str | Path, model: str | Path | None = None, runtime: str | None = None, device: str = "cpu"
+        cls,
+        index_dir: str | Path,
+        model: str | Path | None = None,
+        runtime: str | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
     ) -> Searcher:
+        """``threads``: onnxruntime's intra-op threads (default: onnxruntime's own choice)."""
         index = GalleryIndex.open(index_dir, device)
         model_path = Path(model) if model is not None else Path(index.meta["model"]["path"])
         if model is None and not model_path.exists():
@@ -68,28 +77,47 @@ class Searcher:
                 f"(sha256 {digest[:12]} vs {index.meta['model']['sha256'][:12]})",
                 hint="pass the index's model with --model, or rebuild the index with the new one",
             )
-        embedder = load_embedder(model_path, runtime, device)
+        embedder = load_embedder(model_path, runtime, device, threads=threads)
         check_same_model(index.meta, embedder.info, digest, str(model_path), strict=False)
         return cls(index, embedder)
 
     def search(
-        self, queries: Sequence[ImageRef | Path], top_k: int = 10, nprobe: int | None = None, batch_size: int = 64
+        self,
+        queries: Sequence[ImageRef | Path],
+        top_k: int = 10,
+        nprobe: int | None = None,
+        batch_size: int = 64,
+        rerank: str | Rerank = "none",
     ) -> list[QueryResult]:
-        """The ``top_k`` gallery rows nearest each query image (a file path or a uint8 array)."""
+        """The ``top_k`` gallery rows nearest each query image (a file path or a uint8 array), re-ranked by
+        ``rerank`` (see ``search_embeddings``)."""
+        settings = Rerank.parse(rerank)  # before any work
         names = [_check_query(query, position) for position, query in enumerate(queries)]
         samples = [Sample(image=str(q) if isinstance(q, Path) else q, label="") for q in queries]
         embeddings, kept = embed_samples(self.embedder, samples, batch_size)
         if len(kept) != len(samples):
             bad = names[min(set(range(len(samples))) - set(kept))]
             raise DataError(f"query image {bad}: unreadable", hint="pass an image file Pillow can open")
-        return self.search_embeddings(embeddings, names, top_k, nprobe)
+        return self.search_embeddings(embeddings, names, top_k, nprobe, settings)
 
     def search_embeddings(
-        self, embeddings: np.ndarray, names: Sequence[str], top_k: int = 10, nprobe: int | None = None
+        self,
+        embeddings: np.ndarray,
+        names: Sequence[str],
+        top_k: int = 10,
+        nprobe: int | None = None,
+        rerank: str | Rerank = "none",
     ) -> list[QueryResult]:
+        """The ``top_k`` hits of each embedding (Q, dim), L2-normalized.
+
+        A hit's ``score``: the cosine similarity (``none``); the cosine similarity to the expanded query
+        (``qe``; with DBA, of the augmented gallery vector); ``1 - d*``, one minus k-reciprocal's final distance
+        (``kreciprocal``). Hits are in the order of the score either way; re-ranked scores compare within a query.
+        """
+        settings = Rerank.parse(rerank)
         if top_k < 1:
             raise ConfigError(f"--top-k {top_k} must be at least 1")
-        scores, ids = self.index.search(embeddings, top_k, nprobe)
+        scores, ids = self._ranked(embeddings, top_k, nprobe, settings)
         manifest = self.index.manifest
         results = []
         for name, row_scores, row_ids in zip(names, scores, ids, strict=True):
@@ -101,6 +129,16 @@ class Searcher:
             ]
             results.append(QueryResult(name, hits))
         return results
+
+    def _ranked(
+        self, embeddings: np.ndarray, top_k: int, nprobe: int | None, settings: Rerank
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ids (Q, <= top_k) of the first search, re-ranked."""
+        if settings.method != "none":
+            settings = replace(settings, candidates=max(settings.candidates, top_k))  # re-rank every hit returned
+        scores, ids = self.index.search(embeddings, settings.first_depth(top_k), nprobe)
+        scores, ids = rerank_hits(self.index.searched, embeddings, scores, ids, settings, stored=self.index.index)
+        return scores[:, :top_k], ids[:, :top_k]
 
 
 def _check_query(query: ImageRef | Path, position: int) -> str:
@@ -121,6 +159,8 @@ def search(
     nprobe: int | None = None,
     runtime: str | None = None,
     device: str = "cpu",
+    rerank: str | Rerank = "none",
 ) -> list[QueryResult]:
     """Open ``index_dir`` with its model (or ``model``, checked against it) and search it with ``queries``."""
-    return Searcher.open(index_dir, model, runtime, device).search(queries, top_k, nprobe)
+    settings = Rerank.parse(rerank)  # before any work
+    return Searcher.open(index_dir, model, runtime, device).search(queries, top_k, nprobe, rerank=settings)

@@ -2,6 +2,7 @@
 
 RUN_DIR/config.yaml       the fully resolved configuration
 RUN_DIR/metrics.jsonl     one JSON object per evaluation (per epoch, on the validation split)
+RUN_DIR/curves.png        loss, learning rate and validation scores per epoch, redrawn after each epoch
 RUN_DIR/best.safetensors  weights selected on validation Recall@1
 RUN_DIR/last.safetensors  weights + optimizer, epoch, step, RNG: what --resume needs
 RUN_DIR/summary.json      test-class retrieval metrics of the best weights, timing
@@ -40,6 +41,10 @@ class RunDir:
         return self.root / "metrics.jsonl"
 
     @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
     def best(self) -> Path:
         return self.root / "best.safetensors"
 
@@ -58,8 +63,8 @@ class RunDir:
     @property
     def files(self) -> tuple[Path, ...]:
         """Every file a run writes, in the order a replacement moves them (the summary first, so that a run
-        half-replaced never looks finished)."""
-        return (self.summary, self.metrics, self.best, self.last, self.config, self.log)
+        half-replaced never looks finished; the curves beside the metrics they draw)."""
+        return (self.summary, self.metrics, self.curves, self.best, self.last, self.config, self.log)
 
     @property
     def staging(self) -> RunDir:

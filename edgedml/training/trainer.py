@@ -44,7 +44,7 @@ from edgedml.data import (
 )
 from edgedml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgedml.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingError, TrainingInterrupted
-from edgedml.io import append_jsonl, check_output_dir, write_json, write_text
+from edgedml.io import append_jsonl, check_output_dir, read_jsonl, write_json, write_text
 from edgedml.memory import local_gather, resolve_memory_size
 from edgedml.models import EmbeddingModel, build_model, upgrade_model_state
 from edgedml.models.pretrained import resolve_weights
@@ -63,6 +63,7 @@ from edgedml.training.checkpoint import (
     strip_prefix,
     with_prefix,
 )
+from edgedml.training.curves import CurvesFigure
 from edgedml.training.device import resolve_device
 from edgedml.training.distributed import (
     DistributedContext,
@@ -145,6 +146,7 @@ class Trainer:
         self.progress = TrainProgress(skipped_images=self.skipped)
         self._stop_requested = False
         self._warned_collapse = False
+        self._curves: CurvesFigure | None = CurvesFigure(self.config.epochs)  # None once drawing has failed
         self._replaces: RunDir | None = None  # with --overwrite: the old run, until the new one's first checkpoint
         val_counts = Counter(s.label for s in self.splits.val)
         self._can_validate = any(count >= 2 for count in val_counts.values())
@@ -480,11 +482,27 @@ class Trainer:
         record["best_epoch"] = progress.best_epoch
         if self.dist.is_main:
             append_jsonl(self.run.metrics, record)
+            self._draw_curves()
         self._save_last()
         if self.dist.is_main:
             self.display.note(epoch_line(record))
             if "val_concentration" in record:
                 self._warn_if_collapsed(record["val_concentration"])
+
+    def _draw_curves(self) -> None:
+        """Redraw curves.png from metrics.jsonl; a picture that cannot be drawn never stops the run."""
+        if self._curves is None:
+            return
+        started = time.perf_counter()
+        try:
+            self._curves.write(read_jsonl(self.run.metrics), self.run.curves)
+        except Exception as exc:  # matplotlib missing or broken, a full disk: the run matters more than its picture
+            log.warning(
+                "could not draw %s (%s: %s); training goes on without it", self.run.curves, type(exc).__name__, exc
+            )
+            self._curves = None
+            return
+        log.debug("drew %s in %.0f ms", self.run.curves, 1000 * (time.perf_counter() - started))
 
     def _warn_if_collapsed(self, value: float) -> None:
         """Once per run: the validation embeddings all point one way, so retrieval (by direction) cannot work."""
