@@ -26,7 +26,8 @@ import faiss
 import numpy as np
 from benchmark_tools import benchmark_parser
 
-from edgedml.retrieval.index import IndexParams, default_nlist, resolve_params, set_nprobe, train_index
+from edgedml.retrieval.faiss_store import set_nprobe, train_index
+from edgedml.retrieval.store import IndexParams, default_nlist, resolve_params
 from edgedml.retrieval.synthetic import clustered_gallery, recall_against_exact
 
 NPROBES = (1, 2, 4, 8, 16, 32, 64)

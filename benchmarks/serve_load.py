@@ -103,9 +103,9 @@ def build_index_dir(root: Path) -> Path:
 
 def write_queries(index_dir: Path, count: int, folder: Path) -> list[Query]:
     """``count`` seeded gallery rows as PNG files (the same bytes for the CLI and the server)."""
-    from edgedml.retrieval import GalleryIndex
+    from edgedml.retrieval import open_index
 
-    index = GalleryIndex.open(index_dir)
+    index = open_index(index_dir)
     rows = np.random.default_rng(0).choice(index.count, size=min(count, index.count), replace=False)
     folder.mkdir(parents=True, exist_ok=True)
     queries = []

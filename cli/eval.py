@@ -33,6 +33,17 @@ def evaluate(
     runtime: RuntimeOption = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "auto",
     rerank: RerankOption = "none",
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="faiss | milvus: the split's leave-one-out lists searched in a temporary Milvus collection "
+            "(Milvus Lite, or --uri), as the served index will search them.",
+        ),
+    ] = "faiss",
+    uri: Annotated[
+        str | None, typer.Option("--uri", help="With --backend milvus: a Milvus server for the temporary collection.")
+    ] = None,
     examples: Annotated[
         Path | None,
         typer.Option(
@@ -68,7 +79,16 @@ def evaluate(
 
         with library_errors():
             check_evaluation_pictures(examples, embedding_plot, projection)  # before any work
-    options = dict(data=data, split=split, checkpoint=checkpoint, runtime=runtime, device=device, rerank=rerank)
+    options = dict(
+        data=data,
+        split=split,
+        checkpoint=checkpoint,
+        runtime=runtime,
+        device=device,
+        rerank=rerank,
+        backend=backend,
+        uri=uri,
+    )
     drawn = []
     with library_errors(), RichProgress(hidden=json_output) as progress:
         if pictures:  # the pictures show the lists the metrics scored (re-ranked with --rerank)

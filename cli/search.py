@@ -10,11 +10,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgedml.cli.common import JsonOption, RerankOption, console, fail, library_errors, print_json, setup_logging
-from edgedml.cli.index import DeviceOption, RuntimeOption
+from edgedml.cli.index import CollectionOption, DeviceOption, RuntimeOption
 
 
 def search(
-    index_dir: Annotated[Path, typer.Argument(help="An index directory written by edgedml index.", show_default=False)],
+    index_dir: Annotated[
+        str,
+        typer.Argument(
+            help="An index written by edgedml index: its folder, or a Milvus PATH.db / http://HOST:19530 URI.",
+            show_default=False,
+        ),
+    ],
     images: Annotated[list[Path], typer.Argument(help="Query image files.", show_default=False)],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Results per query.")] = 10,
     model: Annotated[
@@ -24,6 +30,7 @@ def search(
     runtime: RuntimeOption = None,
     device: DeviceOption = "cpu",
     rerank: RerankOption = "none",
+    collection: CollectionOption = None,
     show: Annotated[
         Path | None,
         typer.Option(
@@ -49,7 +56,7 @@ def search(
             from edgedml.retrieval.pictures import check_picture_path, write_search_grid
 
             check_picture_path(show, "--show")  # before any work
-        searcher = Searcher.open(index_dir, model, runtime, device)
+        searcher = Searcher.open(index_dir, model, runtime, device, collection=collection)
         results = searcher.search(images, top_k, nprobe, rerank=settings)
         if show is not None:
             write_search_grid(results, searcher.index, images, show)

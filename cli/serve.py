@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from edgedml.cli.common import RerankOption, console, library_errors, setup_logging
-from edgedml.cli.index import DeviceOption, RuntimeOption
+from edgedml.cli.index import CollectionOption, DeviceOption, RuntimeOption
 
 # The defaults of edgedml.serve.settings.ServeSettings (imported when the command runs: it loads torch).
 DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TOP_K = "127.0.0.1", 8000, 10
@@ -17,7 +17,14 @@ DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_IMAGES, DEFAULT_BATCH_WINDOW_MS, DEFAULT_THRE
 
 
 def serve(
-    index_dir: Annotated[Path, typer.Argument(help="An index directory written by edgedml index.", show_default=False)],
+    index_dir: Annotated[
+        str,
+        typer.Argument(
+            help="An index written by edgedml index: its folder, or a Milvus PATH.db / http://HOST:19530 URI.",
+            show_default=False,
+        ),
+    ],
+    collection: CollectionOption = None,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; other than loopback it needs --token or --no-auth.")
     ] = DEFAULT_HOST,
@@ -38,6 +45,14 @@ def serve(
     allow_writes: Annotated[
         bool, typer.Option("--allow-writes", help="Enable POST /index: uploaded images appended as a new generation.")
     ] = False,
+    uploads: Annotated[
+        Path | None,
+        typer.Option(
+            "--uploads",
+            help="Where uploaded images are stored (default: INDEX/uploads, or PATH.db.uploads for Milvus Lite; "
+            "required with --allow-writes for a Milvus server URI).",
+        ),
+    ] = None,
     rerank: RerankOption = "none",  # /search's default; a request may choose another
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Default hits per query of /search.")] = DEFAULT_TOP_K,
     max_upload_mb: Annotated[
@@ -86,6 +101,8 @@ def serve(
         model=model,
         runtime=runtime,
         device=device,
+        collection=collection,
+        uploads=uploads,
     )
     with library_errors():
         settings.check()
@@ -98,8 +115,9 @@ def serve(
         sock = open_socket(host, port)
     info = service.info()
     url = url_of(sock)
+    served = service.live.current().index.location
     console.print(
-        f"serving {escape(str(index_dir))}: generation {info['index']['generation']}, {info['index']['count']:,} "
+        f"serving {escape(served)}: generation {info['index']['generation']}, {info['index']['count']:,} "
         f"{info['index']['dim']}-d vectors ({info['index']['type']}), model {escape(info['model']['file'])} "
         f"({info['model']['runtime']}, {info['model']['precision']}), writes {'on' if allow_writes else 'off'}, "
         f"auth {'bearer token' if token is not None else 'none'}",

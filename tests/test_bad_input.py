@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from edgedml.config import TrainConfig
 from edgedml.errors import NonFiniteLossError
-from edgedml.retrieval.index import META_FILE
+from edgedml.retrieval.faiss_store import META_FILE
 from edgedml.training import Trainer
 
 TINY = {

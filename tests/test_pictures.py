@@ -15,7 +15,6 @@ from edgedml.data import Sample
 from edgedml.errors import DataError
 from edgedml.io import read_jsonl
 from edgedml.retrieval.evaluate import EmbeddedSplit, SplitSettings
-from edgedml.retrieval.index import Manifest
 from edgedml.retrieval.pictures import (
     BACKDROP,
     CAPTION,
@@ -40,6 +39,7 @@ from edgedml.retrieval.pictures import (
     write_search_grid,
 )
 from edgedml.retrieval.search import Hit, QueryResult
+from edgedml.retrieval.store import Manifest
 from edgedml.training.curves import CurvesFigure, curve_points
 
 
@@ -189,7 +189,7 @@ def test_search_show_refuses_a_bad_output_before_searching(cli, index_dir, train
 
 def test_a_gallery_image_gone_since_indexing_is_drawn_blank(tmp_path, caplog):
     class GoneIndex:
-        root, count = tmp_path / "index", 2
+        location, count = str(tmp_path / "index"), 2
         manifest = Manifest(["/gone/a.png", "/gone/b.png"], ["cat", "dog"])
 
         def image(self, row: int, min_side: int | None = None) -> Image.Image:

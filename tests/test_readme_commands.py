@@ -140,7 +140,8 @@ MIRRORED_WEIGHTS = ("mobilenetv2",)
 # Absolute paths the README writes to, moved into the folder.
 PREFIXES = {"/tmp/": "tmp/"}
 # Options whose value a command reads (an input); a positional argument is an input too.
-OUTPUT_OPTIONS = ("--out",)  # ... except with --append, where --out is the index to extend
+# (--uri: a Milvus Lite file the command writes) ... except with --append, where it is the index to extend
+OUTPUT_OPTIONS = ("--out", "--uri")
 PICTURE_OPTIONS = ("--show", "--examples", "--embedding-plot")  # outputs too: the pictures a command draws
 
 
@@ -264,7 +265,7 @@ def producers(path: str) -> list[Command]:
     export into that run (model.onnx, model.fp16.onnx with --half, model.int8.onnx with --int8)."""
     writers = []
     for command in readme_commands():
-        out = command.option("--out")
+        out = command.option("--out") or command.option("--uri")
         out = substitute([out])[0] if out else None
         if out and (path == out or path.startswith(out + "/")) and "--append" not in command.args:
             writers.append(command)
@@ -378,7 +379,10 @@ class Workspace:
         """The server as a process: up, one search of the query image answered, stopped by Ctrl-C."""
         import httpx
 
+        from edgedml.retrieval.milvus_store import close_connections
+
         args = self.arguments(command)
+        close_connections()  # the commands run in this process hold their Milvus Lite databases until released
         env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "NO_COLOR": "1"}
         token = args[args.index("--token") + 1] if "--token" in args else None
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -13,8 +13,8 @@ import pytest
 
 from edgedml.errors import ConfigError, DataError, ModelError
 from edgedml.progress import Progress
-from edgedml.retrieval import GalleryIndex, build_index, search
-from edgedml.retrieval.index import META_FILE, PARTIAL_DIR
+from edgedml.retrieval import build_index, search
+from edgedml.retrieval.faiss_store import META_FILE, PARTIAL_DIR, FaissIndex
 
 
 def export_fp32(run: Path, out: Path, **options) -> Path:
@@ -67,7 +67,7 @@ def test_cli_index_then_search_round_trip(cli, model, trained, tmp_path):
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(hits))
     # the scores are the cosine similarities of the exported model's embeddings
-    index = GalleryIndex.open(out)
+    index = FaissIndex.open(out)
     vectors = index.index.reconstruct_n(0, 60)
     row = rows[[r["path"] for r in rows].index(hits[1]["path"])]
     assert float(vectors[int(row["id"])] @ vectors[hits[0]["id"]]) == pytest.approx(hits[1]["score"], abs=1e-5)
@@ -77,7 +77,7 @@ def test_cli_index_then_search_round_trip(cli, model, trained, tmp_path):
 
 def test_test_split_indexes_the_unseen_classes(model, trained, tmp_path):
     summary = build_index(model, str(trained.data), tmp_path / "index", split="test")
-    index = GalleryIndex.open(tmp_path / "index")
+    index = FaissIndex.open(tmp_path / "index")
     assert summary.count == 30 and sorted(set(index.manifest.labels)) == ["class3", "class4", "class5"]
 
 
@@ -88,7 +88,7 @@ def test_append_equals_a_fresh_build(model, trained, tmp_path):
     summary = build_index(model, str(trained.data), appended, mode="append")
     assert (summary.added, summary.count) == (30, 60)  # the first 30 were not embedded again
     build_index(model, str(trained.data), fresh)
-    a, f = GalleryIndex.open(appended), GalleryIndex.open(fresh)
+    a, f = FaissIndex.open(appended), FaissIndex.open(fresh)
     assert a.manifest.paths == f.manifest.paths and a.manifest.labels == f.manifest.labels
     np.testing.assert_array_equal(a.index.reconstruct_n(0, 60), f.index.reconstruct_n(0, 60))
     queries = [trained.data / "class1" / "0.png", trained.data / "class5" / "9.png"]
@@ -132,7 +132,7 @@ def test_interrupted_build_keeps_the_old_index_and_resumes(model, trained, tmp_p
             chunk_size=16,
             progress=InterruptOnThirdBatch(),
         )
-    assert snapshot(out) == before and GalleryIndex.open(out).count == 20  # the previous index, untouched
+    assert snapshot(out) == before and FaissIndex.open(out).count == 20  # the previous index, untouched
     assert len(list((out / PARTIAL_DIR).glob("chunk-*.npz"))) == 1  # the first chunk of 16 images was kept
     starts = []
 
@@ -151,8 +151,8 @@ def test_interrupted_build_keeps_the_old_index_and_resumes(model, trained, tmp_p
     ]
     build_index(model, str(trained.data), tmp_path / "fresh")
     np.testing.assert_allclose(
-        GalleryIndex.open(out).index.reconstruct_n(0, 60),
-        GalleryIndex.open(tmp_path / "fresh").index.reconstruct_n(0, 60),
+        FaissIndex.open(out).index.reconstruct_n(0, 60),
+        FaissIndex.open(tmp_path / "fresh").index.reconstruct_n(0, 60),
         atol=1e-6,
     )
 
@@ -241,7 +241,7 @@ def test_an_index_from_a_newer_format_is_refused(cli, model, trained, tmp_path):
     assert appended.exit_code == 1 and "is newer" in appended.output
     assert snapshot(out) == before
     with pytest.raises(DataError, match="not an index directory"):
-        GalleryIndex.open(tmp_path)
+        FaissIndex.open(tmp_path)
 
 
 def test_option_errors(model, trained, tmp_path, cli):
@@ -254,3 +254,24 @@ def test_option_errors(model, trained, tmp_path, cli):
     with pytest.raises(ConfigError, match="--nprobe applies to ivf"):
         build_index(model, str(trained.data), tmp_path / "c", nprobe=4)
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_hnsw_build_append_and_search(cli, model, trained, tmp_path):
+    first = write_manifest(tmp_path / "first.csv", folder_rows(trained.data, range(3)))
+    out = tmp_path / "hnsw"
+    built = cli("index", model, "--gallery", first, "--out", out, "--index-type", "hnsw", "--hnsw-m", "8")
+    assert built.exit_code == 0, str(built)
+    assert "hnsw (M 8, efConstruction 100, ef 64) index" in built.output
+    summary = build_index(model, str(trained.data), out, mode="append", ef_search=16)
+    assert (summary.added, summary.count, summary.index["ef_search"], summary.index["hnsw_m"]) == (30, 60, 16, 8)
+    index = FaissIndex.open(out)
+    assert index.generation == 2 and index.index.hnsw.efConstruction == 100
+    queries = [trained.data / "class1" / "0.png", trained.data / "class5" / "9.png"]
+    build_index(model, str(trained.data), tmp_path / "flat")
+    for got, expected in zip(search(out, queries, top_k=5), search(tmp_path / "flat", queries, top_k=5), strict=True):
+        assert [h.path for h in got.hits] == [h.path for h in expected.hits]  # 60 rows: the graph finds them all
+    assert search(out, queries, top_k=5, rerank="kreciprocal")[0].hits[0].path == str(queries[0].resolve())
+    with pytest.raises(ConfigError, match="--nprobe applies to ivf and ivfpq indexes; this one is hnsw"):
+        search(out, queries, nprobe=4)
+    with pytest.raises(ConfigError, match="fixed when the index is built"):
+        build_index(model, str(trained.data), out, mode="append", hnsw_m=16)

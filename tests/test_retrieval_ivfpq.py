@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edgedml.errors import ConfigError
-from edgedml.retrieval.index import IndexParams, default_nlist, default_pq_m, resolve_params, train_index
+from edgedml.retrieval.faiss_store import train_index
+from edgedml.retrieval.store import IndexParams, default_nlist, default_pq_m, resolve_params
 from edgedml.retrieval.synthetic import clustered_gallery, recall_against_exact
 
 COUNT, DIM = 12_000, 32
@@ -56,3 +57,32 @@ def test_default_parameters_and_refusals():
 def test_recall_against_exact_by_hand():
     exact = np.array([[1, 2, 3], [4, 5, 6]])
     assert recall_against_exact(np.array([[3, 9, 1], [7, 8, 9]]), exact) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_hnsw_recall_against_exact_and_ef_search(gallery):
+    vectors, queries = gallery
+    params = resolve_params(IndexParams("hnsw"), COUNT, DIM)
+    assert (params.hnsw_m, params.ef_construction, params.ef_search) == (32, 100, 64)
+    assert (params.nlist, params.nprobe, params.pq_m) == (None, None, None)  # no training
+    flat = train_index(resolve_params(IndexParams("flat"), COUNT, DIM), vectors)
+    graph = train_index(params, vectors)
+    assert isinstance(graph, faiss.IndexHNSWFlat) and graph.hnsw.efConstruction == 100 and graph.ntotal == COUNT
+    _, exact = flat.search(queries, 10)
+    _, found = graph.search(queries, 10)
+    assert recall_against_exact(found, exact) >= 0.95
+    narrow = train_index(
+        resolve_params(IndexParams("hnsw", hnsw_m=4, ef_construction=8, ef_search=10), COUNT, DIM), vectors
+    )
+    _, rough = narrow.search(queries, 10)
+    assert recall_against_exact(rough, exact) < recall_against_exact(found, exact)  # the parameters are used
+
+
+def test_hnsw_options_belong_to_hnsw():
+    with pytest.raises(ConfigError, match="--ef-search applies to hnsw indexes, not flat"):
+        resolve_params(IndexParams("flat", ef_search=32), None, None)
+    with pytest.raises(ConfigError, match="--hnsw-m applies to hnsw indexes, not ivf"):
+        resolve_params(IndexParams("ivf", hnsw_m=16), None, None)
+    with pytest.raises(ConfigError, match="--nprobe applies to ivf and ivfpq indexes, not hnsw"):
+        resolve_params(IndexParams("hnsw", nprobe=4), None, None)
+    with pytest.raises(ConfigError, match="--ef-construction 0 must be at least 1"):
+        resolve_params(IndexParams("hnsw", ef_construction=0), None, None)

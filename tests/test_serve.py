@@ -145,6 +145,9 @@ def test_health_info_and_docs(client, model, index_dir):
         "nprobe": None,
         "pq_m": None,
         "pq_bits": None,
+        "hnsw_m": None,
+        "ef_construction": None,
+        "ef_search": None,
     }
     assert info["server"]["writes"] is False and info["server"]["auth"] is False and info["server"]["top_k"] == 10
     assert client.get("/docs").status_code == 200

@@ -3,13 +3,16 @@
 An export's metadata records its run's data source and split settings, so it is scored on the same
 unseen classes as its run, through the runtime that will serve it; a run directory is scored with
 PyTorch (:func:`edgedml.training.evaluate_run`). With re-ranking (``edgedml.retrieval.rerank``) either is embedded
-(``embed_split``) and each item's leave-one-out ranking is re-ranked before the ranked metrics are taken.
+(``embed_split``) and each item's leave-one-out ranking is re-ranked before the ranked metrics are taken. With the
+Milvus backend the split is put into a temporary collection (Milvus Lite, or the given URI) and each item's
+leave-one-out list is searched there: the metrics equal FAISS flat's, through the database that will serve.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +23,9 @@ from edgedml.export.load import load_embedder, runtime_for
 from edgedml.export.runtime import Embedder, TorchEmbedder, embed_samples
 from edgedml.metrics import RECALL_KS, RetrievalMetrics, neighbour_depth, retrieval_metrics
 from edgedml.progress import SILENT, Progress
+from edgedml.retrieval.milvus_store import scratch_index
 from edgedml.retrieval.rerank import Rerank, leave_one_out_neighbours
+from edgedml.retrieval.store import BACKENDS
 from edgedml.training import RunDir, evaluate_run
 from edgedml.training.evaluate import SPLIT_NAMES
 
@@ -132,18 +137,33 @@ def evaluate_model(
     batch_size: int = 256,
     progress: Progress = SILENT,
     rerank: str | Rerank = "none",
+    backend: str = "faiss",
+    uri: str | None = None,
 ) -> RetrievalMetrics:
     """Metrics of a run directory (PyTorch) or an exported model (.onnx, TensorRT engine) on a split of its run.
 
     ``rerank``: Recall@K, MAP@R and R-precision of the re-ranked leave-one-out lists (``reranked_metrics``).
+    ``backend`` milvus: the leave-one-out lists searched in a temporary Milvus collection (at ``uri``, default a
+    temporary Milvus Lite database).
     """
     path = Path(model)
     settings = Rerank.parse(rerank)
+    check_backend(backend, uri)
     if split not in SPLIT_NAMES:
         raise ConfigError(f"--split {split!r} is not one of {', '.join(SPLIT_NAMES)}")
-    if path.is_dir() and runtime in (None, "torch") and settings.method == "none":
+    if path.is_dir() and runtime in (None, "torch") and settings.method == "none" and backend == "faiss":
         return evaluate_run(path, data=data, split=split, checkpoint=checkpoint, device=device)
-    return evaluate_embedded(path, data, split, checkpoint, runtime, device, batch_size, progress, settings).metrics
+    evaluation = evaluate_embedded(
+        path, data, split, checkpoint, runtime, device, batch_size, progress, settings, backend, uri
+    )
+    return evaluation.metrics
+
+
+def check_backend(backend: str, uri: str | None) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if uri is not None and backend != "milvus":
+        raise ConfigError("--uri applies to --backend milvus")
 
 
 @dataclass
@@ -166,10 +186,17 @@ def evaluate_embedded(
     batch_size: int = 256,
     progress: Progress = SILENT,
     rerank: str | Rerank = "none",
+    backend: str = "faiss",
+    uri: str | None = None,
 ) -> Evaluation:
     """``evaluate_model`` keeping the embeddings (and ranked lists) it scored, for pictures of the evaluation."""
     settings = Rerank.parse(rerank)
+    check_backend(backend, uri)
     embedded = embed_split(model, data, split, checkpoint, runtime, device, batch_size, progress)
+    if backend == "milvus":
+        with scratch_index(embedded.embeddings, uri) as index:
+            neighbours = reranked_neighbours(embedded, settings, index)
+        return Evaluation(reranked_metrics(embedded, settings, neighbours), embedded, neighbours)
     if settings.method == "none":
         metrics = retrieval_metrics(torch.from_numpy(embedded.embeddings), embedded.labels, seed=embedded.settings.seed)
         return Evaluation(metrics, embedded, None)
@@ -177,9 +204,11 @@ def evaluate_embedded(
     return Evaluation(reranked_metrics(embedded, settings, neighbours), embedded, neighbours)
 
 
-def reranked_neighbours(embedded: EmbeddedSplit, settings: Rerank) -> np.ndarray:
-    """Each item's leave-one-out list, deep enough for the metrics, the first ``candidates`` re-ranked."""
-    return leave_one_out_neighbours(embedded.embeddings, neighbour_depth(embedded.labels, RECALL_KS), settings)
+def reranked_neighbours(embedded: EmbeddedSplit, settings: Rerank, index: Any = None) -> np.ndarray:
+    """Each item's leave-one-out list, deep enough for the metrics, the first ``candidates`` re-ranked
+    (``index``: one holding the split's embeddings, row i item i; default an exact FAISS index)."""
+    depth = neighbour_depth(embedded.labels, RECALL_KS)
+    return leave_one_out_neighbours(embedded.embeddings, depth, settings, index)
 
 
 def reranked_metrics(

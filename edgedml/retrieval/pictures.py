@@ -42,8 +42,8 @@ from edgedml.errors import ConfigError, DataError
 from edgedml.io import check_output_file, write_figure
 from edgedml.metrics import ranked_neighbours
 from edgedml.retrieval.evaluate import EmbeddedSplit
-from edgedml.retrieval.index import GalleryIndex
 from edgedml.retrieval.search import QueryResult
+from edgedml.retrieval.store import GalleryIndex
 
 log = logging.getLogger(__name__)
 
@@ -285,9 +285,8 @@ def write_search_grid(
     legend = "frame: blue = the query, green = the query's label, red = another label"
     if unknown:
         legend += "; grey = the query's label is unknown (its folder's name is not a label of the index)"
-    title = (
-        f"{len(rows)} quer{'y' if len(rows) == 1 else 'ies'}: top {top_k} of {index.count} in {index.root}\n{legend}"
-    )
+    queries_text = f"{len(rows)} quer{'y' if len(rows) == 1 else 'ies'}"
+    title = f"{queries_text}: top {top_k} of {index.count} in {index.location}\n{legend}"
     write_grid(rows, title, path)
     return Path(path)
 

@@ -41,8 +41,10 @@ reciprocal or QE neighbour. The row maxima of ``d`` come from a search for the f
 and (K + 1)² matrices. When C is the whole gallery this is exactly the paper's algorithm on the full matrix. The
 re-ranked score is ``1 − d*(p, g)`` (higher is nearer; scores are comparable within one query only).
 
-Vectors come back from the index (``reconstruct_batch``; an IVF index gets its direct map made once): exact for
-``flat`` and ``ivf``, the product quantizer's approximations for ``ivfpq``, whose re-ranking is approximate too.
+The index is read through two calls, whatever its backend (a gallery index of ``edgedml.retrieval.store``, FAISS
+or Milvus, or a raw FAISS index): ``search(vectors, depth, nprobe)`` and ``vectors(rows)``, the stored vectors
+(FAISS: ``reconstruct_batch``, an IVF index getting its direct map made once): exact for ``flat``, ``ivf`` and
+``hnsw``, the product quantizer's approximations for ``ivfpq``, whose re-ranking is approximate too.
 """
 
 from __future__ import annotations
@@ -117,14 +119,15 @@ def rerank(
     ids: np.ndarray,
     settings: Rerank,
     query_rows: np.ndarray | None = None,
-    stored: Any = None,
+    nprobe: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank the hits of a search of ``index`` (a FAISS index on L2-normalized vectors, inner product).
+    """Re-rank the hits of a search of ``index`` (a gallery index, or a raw FAISS index, on L2-normalized vectors,
+    inner product).
 
     queries: (Q, D) float, L2-normalized; scores, ids: (Q, H) the first search's hits, best first (id -1: none).
     ``query_rows`` (Q,): each query's own row when the queries are gallery rows (leave-one-out; their own rows
-    must not be among the hits, and are kept out of every re-search); None for outside queries. ``stored``: the
-    index holding the vectors when ``index`` cannot give them back (a GPU copy); default ``index``.
+    must not be among the hits, and are kept out of every re-search); None for outside queries. ``nprobe``: what the
+    re-searches of an IVF gallery index scan (default: the index's).
 
     Returns re-ranked (scores, ids), (Q, R), best first, padded with -inf / -1: R = H for ``qe`` without DBA (its
     second search goes as deep), min(H, candidates) for DBA and ``kreciprocal``. Scores: cosine for ``none``;
@@ -134,7 +137,7 @@ def rerank(
         return scores, ids
     queries = _normalized(np.asarray(queries, dtype=np.float64))
     rows = np.full(len(queries), _MISSING) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
-    gallery = IndexNeighbours(index, stored, _list_depth(settings))
+    gallery = IndexNeighbours(index, _list_depth(settings), nprobe)
     if settings.method == "qe" and settings.dba_n == 0:
         return _alpha_qe(gallery, queries, scores, ids, settings, rows)
     depth = min(ids.shape[1], settings.candidates)
@@ -166,8 +169,9 @@ def search_excluding(index: Any, queries: np.ndarray, depth: int, rows: np.ndarr
     return _dropping(scores, ids, rows, depth)
 
 
-def leave_one_out_neighbours(embeddings: np.ndarray, depth: int, settings: Rerank) -> np.ndarray:
-    """Each item's ``depth`` nearest others (N, depth) after re-ranking, on an exact index of ``embeddings``.
+def leave_one_out_neighbours(embeddings: np.ndarray, depth: int, settings: Rerank, index: Any = None) -> np.ndarray:
+    """Each item's ``depth`` nearest others (N, depth) after re-ranking, on an exact index of ``embeddings``
+    (``index``: one holding them, row i vector i, e.g. a Milvus collection; default a flat FAISS index).
 
     The first ``candidates`` are re-ranked (all of them for ``qe`` without DBA, whose second search goes
     ``depth`` deep); beyond them the list goes on in the plain search's order (``with_original_tail``).
@@ -175,7 +179,7 @@ def leave_one_out_neighbours(embeddings: np.ndarray, depth: int, settings: Reran
     count = len(embeddings)
     depth = min(depth, count - 1)
     rows = np.arange(count)
-    index = flat_index(embeddings)
+    index = flat_index(embeddings) if index is None else index
     scores, ids = search_excluding(index, embeddings, min(max(depth, settings.candidates), count - 1), rows)
     _, reranked = rerank(index, embeddings, scores, ids, settings, query_rows=rows)
     return with_original_tail(reranked, ids)[:, :depth]
@@ -195,7 +199,7 @@ def with_original_tail(reranked: np.ndarray, original: np.ndarray) -> np.ndarray
 def make_direct_map(index: Any) -> None:
     """Let an IVF index ``reconstruct`` its rows (8 bytes per vector), unless it can already; other indexes
     reconstruct as they are. It changes the index: a shared one gets it once, before concurrent searches
-    (:class:`~edgedml.retrieval.index.GalleryIndex` does when it opens an IVF index)."""
+    (:class:`~edgedml.retrieval.faiss_store.FaissIndex` does when it opens an IVF index)."""
     import faiss
 
     with contextlib.suppress(RuntimeError):  # not an IVF index
@@ -204,30 +208,52 @@ def make_direct_map(index: Any) -> None:
             ivf.make_direct_map()
 
 
-class IndexNeighbours:
-    """What re-ranking reads from a FAISS index: searches, stored vectors, and each row's ``depth`` nearest other
-    rows and farthest distance, each searched once per ``rerank`` call."""
+class RawFaiss:
+    """A raw FAISS index read as a gallery index is: ``search(vectors, k, nprobe)`` (its own nprobe) and
+    ``vectors(rows)`` (its direct map made on first use)."""
 
-    def __init__(self, index: Any, stored: Any, depth: int):
-        self.index, self.stored, self.depth = index, stored if stored is not None else index, depth
-        self._lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._farthest: dict[int, float] = {}
+    def __init__(self, index: Any):
+        self.index, self.dim = index, index.d
         self._direct_map = False
 
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(vectors, k)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        if not self._direct_map:
+            make_direct_map(self.index)
+            self._direct_map = True
+        return self.index.reconstruct_batch(rows)
+
+
+class IndexNeighbours:
+    """What re-ranking reads from an index: searches, stored vectors, and each row's ``depth`` nearest other rows
+    and farthest distance, each searched once per ``rerank`` call. ``index``: anything with ``search(vectors, k,
+    nprobe)`` and ``vectors(rows)`` (a gallery index), or a raw FAISS index."""
+
+    def __init__(self, index: Any, depth: int, nprobe: int | None = None):
+        self.index = index if hasattr(index, "vectors") else RawFaiss(index)
+        self.depth, self.nprobe = depth, nprobe
+        self._lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._farthest: dict[int, float] = {}
+
     def search(self, vectors: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), depth)
+        """Scores and ids (len(vectors), depth), padded with -inf / -1 past the index's rows."""
+        scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), depth, self.nprobe)
+        missing = depth - ids.shape[1]
+        if missing > 0:
+            scores = np.hstack([scores, np.full((len(scores), missing), -np.inf, dtype=scores.dtype)])
+            ids = np.hstack([ids, np.full((len(ids), missing), _MISSING, dtype=ids.dtype)])
+        return scores, ids
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The stored vectors of ``rows`` (any shape; -1 gives zeros), L2-normalized, float64: rows.shape + (D,)."""
-        if not self._direct_map:
-            make_direct_map(self.stored)
-            self._direct_map = True
         flat = np.asarray(rows, dtype=np.int64).reshape(-1)
-        vectors = np.zeros((len(flat), self.stored.d), dtype=np.float64)
+        vectors = np.zeros((len(flat), self.index.dim), dtype=np.float64)
         present = flat >= 0
         if present.any():
-            vectors[present] = _normalized(self.stored.reconstruct_batch(flat[present]).astype(np.float64))
-        return vectors.reshape(*np.shape(rows), self.stored.d)
+            vectors[present] = _normalized(self.index.vectors(flat[present]).astype(np.float64))
+        return vectors.reshape(*np.shape(rows), self.index.dim)
 
     def prefetch(self, rows: np.ndarray, farthest: bool = False) -> None:
         """Search the neighbour lists (and with ``farthest`` the farthest distances) of all ``rows`` at once."""

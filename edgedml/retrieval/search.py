@@ -1,7 +1,8 @@
 """Search a gallery index with query images, embedded by the model that built the index, optionally re-ranked
 (``edgedml.retrieval.rerank``).
 
-The model is the one named in the index's ``index.json`` unless another file is given (a moved or
+The index is a FAISS folder or a Milvus collection (:func:`edgedml.retrieval.index.open_index`). The model is
+the one named in the index's description unless another file is given (a moved or
 re-exported copy); either way it must be the index's model: the same file (sha256), or one exported
 from the same run (config hash) with the same dimension, e.g. an fp16 copy of the fp32 gallery model.
 """
@@ -21,9 +22,10 @@ from edgedml.data.sources import ImageRef, Sample
 from edgedml.errors import ConfigError, DataError, ModelError
 from edgedml.export.load import load_embedder
 from edgedml.export.runtime import Embedder, embed_samples, file_digest
-from edgedml.retrieval.index import GalleryIndex, check_same_model
+from edgedml.retrieval.index import check_same_model, open_index
 from edgedml.retrieval.rerank import Rerank
 from edgedml.retrieval.rerank import rerank as rerank_hits
+from edgedml.retrieval.store import GalleryIndex
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +57,27 @@ class Searcher:
     @classmethod
     def open(
         cls,
-        index_dir: str | Path,
+        location: str | Path,
         model: str | Path | None = None,
         runtime: str | None = None,
         device: str = "cpu",
         threads: int | None = None,
+        collection: str | None = None,
     ) -> Searcher:
-        """``threads``: onnxruntime's intra-op threads (default: onnxruntime's own choice)."""
-        index = GalleryIndex.open(index_dir, device)
+        """``location``: a FAISS index folder, or a Milvus URI / ``.db`` file holding ``collection``.
+        ``threads``: onnxruntime's intra-op threads (default: onnxruntime's own choice)."""
+        index = open_index(location, collection, device)
         model_path = Path(model) if model is not None else Path(index.meta["model"]["path"])
         if model is None and not model_path.exists():
             raise DataError(
-                f"{index_dir}: its model {model_path} is gone",
+                f"{index.location}: its model {model_path} is gone",
                 hint="pass the model's new location with --model",
             )
         digest = file_digest(model_path)
         if model is None and digest != index.meta["model"]["sha256"]:
-            # The path comes from index.json, not from the user: nothing is opened there unless it is that model.
+            # The path comes from the index, not from the user: nothing is opened there unless it is that model.
             raise ModelError(
-                f"{index_dir}: {model_path} is no longer the model that built the index "
+                f"{index.location}: {model_path} is no longer the model that built the index "
                 f"(sha256 {digest[:12]} vs {index.meta['model']['sha256'][:12]})",
                 hint="pass the index's model with --model, or rebuild the index with the new one",
             )
@@ -137,7 +141,7 @@ class Searcher:
         if settings.method != "none":
             settings = replace(settings, candidates=max(settings.candidates, top_k))  # re-rank every hit returned
         scores, ids = self.index.search(embeddings, settings.first_depth(top_k), nprobe)
-        scores, ids = rerank_hits(self.index.searched, embeddings, scores, ids, settings, stored=self.index.index)
+        scores, ids = rerank_hits(self.index, embeddings, scores, ids, settings, nprobe=nprobe)
         return scores[:, :top_k], ids[:, :top_k]
 
 
@@ -152,7 +156,7 @@ def _check_query(query: ImageRef | Path, position: int) -> str:
 
 
 def search(
-    index_dir: str | Path,
+    location: str | Path,
     queries: Sequence[ImageRef | Path],
     top_k: int = 10,
     model: str | Path | None = None,
@@ -160,7 +164,9 @@ def search(
     runtime: str | None = None,
     device: str = "cpu",
     rerank: str | Rerank = "none",
+    collection: str | None = None,
 ) -> list[QueryResult]:
-    """Open ``index_dir`` with its model (or ``model``, checked against it) and search it with ``queries``."""
+    """Open the index at ``location`` with its model (or ``model``, checked against it) and search it."""
     settings = Rerank.parse(rerank)  # before any work
-    return Searcher.open(index_dir, model, runtime, device).search(queries, top_k, nprobe, rerank=settings)
+    searcher = Searcher.open(location, model, runtime, device, collection=collection)
+    return searcher.search(queries, top_k, nprobe, rerank=settings)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from importlib.resources import files
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -60,7 +61,8 @@ def create_app(service: SearchService) -> FastAPI:
     app = FastAPI(
         title="edgedml serve",
         version=__version__,
-        description=f"Image retrieval in the index {settings.index_dir.name}: search, embed, append.",
+        description=f"Image retrieval in the index {settings.collection or Path(settings.location).name}: "
+        "search, embed, append.",
     )
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)

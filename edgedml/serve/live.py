@@ -1,7 +1,9 @@
-"""The served index, generation by generation: a new generation committed on disk is picked up without a restart.
+"""The served index, generation by generation: a new generation committed is picked up without a restart.
 
-An index directory changes only by replacing ``index.json`` atomically (``edgedml.retrieval.index``), so
-one ``stat`` of it per request tells whether a new generation was committed (a new inode). The new
+An index changes only by a commit (``edgedml.retrieval.store``): a FAISS folder by replacing ``index.json``
+atomically, a Milvus collection by switching its alias or listing a new partition. One look at the commit point
+per request (:meth:`GalleryIndex.stamp`: a ``stat`` of index.json; Milvus: the collection behind the alias and
+its generation) tells whether a new generation was committed. The new
 generation is then loaded in a background thread while requests go on with the one they hold; the
 reference to the current :class:`Generation` is swapped under a lock once the new one is fully read.
 A request takes one :class:`Generation` when it starts and uses only that object to the end: no
@@ -9,7 +11,8 @@ request mixes two generations, and none waits for a load.
 
 A load races with a writer: the writer removes the old generation's files right after its commit, so
 ``index.json`` may name files that are gone by the time they are opened; the load then retries with
-the newer ``index.json``.
+the newer ``index.json``. (Milvus: an ``--overwrite`` drops the collection it replaced, so requests still on
+the old generation fail until the new one is loaded; appends never disturb them.)
 """
 
 from __future__ import annotations
@@ -24,24 +27,14 @@ from pathlib import Path
 
 from edgedml.errors import DataError, ModelError
 from edgedml.export.runtime import ModelInfo
-from edgedml.retrieval.index import META_FILE, GalleryIndex, check_same_model
+from edgedml.retrieval.index import check_same_model, open_index
+from edgedml.retrieval.store import GalleryIndex, Stamp
 
 log = logging.getLogger(__name__)
 
 LOAD_ATTEMPTS = 5
 RETRY_SECONDS = 0.05
-
-Stamp = tuple[int, int, int]  # (inode, mtime ns, size) of index.json
 NO_STAMP: Stamp = (0, 0, 0)
-
-
-def index_stamp(root: Path) -> Stamp | None:
-    """What changes whenever ``index.json`` is replaced (a commit); None while it cannot be read."""
-    try:
-        stat = os.stat(root / META_FILE)
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 @dataclass(frozen=True)
@@ -71,10 +64,18 @@ class ServedModel:
 
 
 class LiveIndex:
-    """The current generation of an index directory, reloaded in the background when a new one is committed."""
+    """The current generation of an index (a FAISS folder, or a Milvus URI and ``collection``), reloaded in the
+    background when a new one is committed."""
 
-    def __init__(self, root: Path, model: ServedModel, generation: Generation, device: str = "cpu"):
-        self.root, self.model, self.device = root, model, device
+    def __init__(
+        self,
+        location: str,
+        model: ServedModel,
+        generation: Generation,
+        device: str = "cpu",
+        collection: str | None = None,
+    ):
+        self.location, self.collection, self.model, self.device = location, collection, model, device
         self._generation = generation
         self._lock = threading.Lock()
         self._loading = False
@@ -82,10 +83,12 @@ class LiveIndex:
         self.stale: str | None = None  # why a newer generation on disk is not served
 
     @classmethod
-    def serving(cls, index: GalleryIndex, stamp: Stamp | None, model: ServedModel, device: str = "cpu") -> LiveIndex:
-        """Serve ``index``, opened (and checked against ``model``) after ``index.json`` had ``stamp``."""
-        names = gallery_names(index.manifest.paths, index.root)
-        return cls(index.root, model, Generation(index, names, stamp or NO_STAMP), device)
+    def serving(
+        cls, index: GalleryIndex, location: str, model: ServedModel, device: str = "cpu", collection: str | None = None
+    ) -> LiveIndex:
+        """Serve ``index``, opened from ``location`` (and checked against ``model``)."""
+        names = gallery_names(index.manifest.paths, index.home)
+        return cls(location, model, Generation(index, names, index.opened or NO_STAMP), device, collection)
 
     def current(self) -> Generation:
         """The generation to serve a request with; starts loading a newer one if ``index.json`` changed."""
@@ -101,7 +104,7 @@ class LiveIndex:
         return generation
 
     def _stamp(self) -> Stamp | None:
-        return index_stamp(self.root)
+        return self._generation.index.stamp()
 
     def _start_load(self) -> None:
         with self._lock:
@@ -121,26 +124,25 @@ class LiveIndex:
                 except (DataError, ModelError) as exc:
                     self._refused = stamp
                     self.stale = exc.message
-                    log.error("%s: not serving the new generation: %s", self.root, exc.message)
+                    log.error("%s: not serving the new generation: %s", self.location, exc.message)
                     return
         finally:
             with self._lock:
                 self._loading = False
 
     def _load(self) -> Generation:
-        """The generation ``index.json`` names now, retried while a writer replaces it under the load."""
+        """The generation committed now, retried while a writer replaces it under the load."""
         error: DataError | None = None
         for attempt in range(LOAD_ATTEMPTS):
-            stamp = self._stamp()
             try:
-                index = GalleryIndex.open(self.root, self.device)
+                index = open_index(self.location, self.collection, self.device)
             except DataError as exc:  # the files it named were removed by the next commit
                 error = exc
                 time.sleep(RETRY_SECONDS * (attempt + 1))
                 continue
             check_same_model(index.meta, self.model.info, self.model.digest, str(self.model.path), strict=False)
-            return Generation(index, gallery_names(index.manifest.paths, self.root), stamp or NO_STAMP)
-        raise error or DataError(f"{self.root}: cannot be read")
+            return Generation(index, gallery_names(index.manifest.paths, index.home), index.opened or NO_STAMP)
+        raise error or DataError(f"{self.location}: cannot be read")
 
     def _swap(self, generation: Generation) -> None:
         """Serve ``generation`` unless a newer one is served already (a slower load finishing after a faster
@@ -150,19 +152,19 @@ class LiveIndex:
             if generation.number < current.number and generation.stamp != self._stamp():
                 return
             if generation.number != current.number:
-                log.info("%s: serving generation %d (%d rows)", self.root, generation.number, generation.count)
+                log.info("%s: serving generation %d (%d rows)", self.location, generation.number, generation.count)
             self._generation = generation
             self.stale = None
 
 
-def gallery_names(paths: Sequence[str], index_root: Path) -> tuple[str, ...]:
+def gallery_names(paths: Sequence[str], index_root: Path | None) -> tuple[str, ...]:
     """Each manifest row's name for clients, without the device's absolute paths.
 
-    Uploaded images (files inside the index directory) are named relative to it (``uploads/cat/ab12.png``);
-    other files relative to the deepest folder holding all of them (``class4/3.png``); rows of a bundled
-    source keep their key (``digits#12``).
+    Uploaded images (files inside the index's folder, ``index_root``: a FAISS index directory, a Milvus Lite
+    database's folder) are named relative to it (``uploads/cat/ab12.png``); other files relative to the deepest
+    folder holding all of them (``class4/3.png``); rows of a bundled source keep their key (``digits#12``).
     """
-    root = os.path.abspath(index_root)
+    root = os.path.abspath(index_root) if index_root is not None else None
     outside = [path for path in paths if os.path.isabs(path) and not _inside(path, root)]
     common = os.path.commonpath([os.path.dirname(path) for path in outside]) if outside else root
     names = []
@@ -174,5 +176,5 @@ def gallery_names(paths: Sequence[str], index_root: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path.startswith(folder + os.sep)
+def _inside(path: str, folder: str | None) -> bool:
+    return folder is not None and path.startswith(folder + os.sep)

@@ -24,7 +24,7 @@ from edgedml.export.runtime import embed_samples, file_digest
 from edgedml.retrieval.rerank import RERANK_METHODS
 from edgedml.retrieval.search import Searcher
 from edgedml.serve.batching import BatchingEmbedder
-from edgedml.serve.live import Generation, LiveIndex, ServedModel, index_stamp
+from edgedml.serve.live import Generation, LiveIndex, ServedModel
 from edgedml.serve.settings import MAX_TOP_K, ServeSettings, check_rerank, check_top_k
 from edgedml.serve.thumbnails import Thumbnail, ThumbnailCache
 from edgedml.serve.uploads import append_uploads, check_label
@@ -67,13 +67,17 @@ class SearchService:
     def open(cls, settings: ServeSettings) -> SearchService:
         """Open the index and its model once (checked as ``edgedml search`` checks them)."""
         torch.set_num_threads(settings.threads)
-        stamp = index_stamp(settings.index_dir)
         searcher = Searcher.open(
-            settings.index_dir, settings.model, settings.runtime, settings.device, settings.threads
+            settings.location, settings.model, settings.runtime, settings.device, settings.threads, settings.collection
         )
+        if settings.allow_writes and settings.uploads is None and searcher.index.uploads_folder is None:
+            raise ConfigError(
+                f"--allow-writes: {searcher.index.location} keeps no files, so uploads need a folder",
+                hint="add --uploads DIR (a folder the server stores uploaded images in)",
+            )
         embedder = searcher.embedder
         model = ServedModel(Path(embedder.path), file_digest(embedder.path), embedder.info)
-        live = LiveIndex.serving(searcher.index, stamp, model, settings.device)
+        live = LiveIndex.serving(searcher.index, settings.location, model, settings.device, settings.collection)
         return cls(settings, live, BatchingEmbedder(embedder, settings.batch_window_ms))
 
     @property
@@ -195,7 +199,14 @@ class SearchService:
         images = self._decode(uploads)
         with self._writing:
             summary = append_uploads(
-                self.live.root, self._writing_model(), images, label, self.settings.runtime, self.settings.device
+                self.live.location,
+                self.settings.uploads or self.live.current().index.uploads_folder,
+                self._writing_model(),
+                images,
+                label,
+                self.settings.runtime,
+                self.settings.device,
+                self.settings.collection,
             )
             generation = self.live.refresh()
         return {**_generation_fields(generation), "added": summary.added, "label": label}

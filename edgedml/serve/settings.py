@@ -44,7 +44,7 @@ class ServeSettings:
     PyTorch's threads (process-wide: preprocessing, the torch runtime) and onnxruntime's intra-op threads.
     """
 
-    index_dir: Path
+    index_dir: str | Path  # a FAISS index folder, or a Milvus URI / .db file (with ``collection``)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     token: str | None = None
@@ -59,6 +59,12 @@ class ServeSettings:
     model: Path | None = None
     runtime: str | None = None
     device: str = "cpu"
+    collection: str | None = None
+    uploads: Path | None = None  # where uploads are stored (default: the index's own folder; Milvus servers: none)
+
+    @property
+    def location(self) -> str:
+        return str(self.index_dir)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from edgedml.retrieval.index import GalleryIndex
+from edgedml.retrieval.store import GalleryIndex
 
 THUMBNAIL_SIDE = 160
 PNG_MAX_PIXELS = 96 * 96

@@ -1,10 +1,11 @@
 """Images uploaded to a served index (``POST /index``): stored as files, then appended like ``edgedml index --append``.
 
-A manifest row names a file, so every upload is written into the index directory first:
-``INDEX_DIR/uploads/<label>/<sha256>.png``, the decoded pixels as PNG (EXIF orientation applied, the
-rest of the metadata, GPS included, dropped), written atomically; the name is the content's hash, so
-an image uploaded twice with one label is one file and one row. The batch is listed in
-``INDEX_DIR/uploads/batch-<time>-<id>.csv`` (``path,label``, paths relative to ``uploads/``), and that
+A manifest row names a file, so every upload is written into the uploads folder first (``UPLOADS``: a FAISS
+index's ``INDEX_DIR/uploads``, a Milvus Lite database's ``PATH.db.uploads``, or the ``--uploads`` folder a server
+of a Milvus server's collection is given): ``UPLOADS/<label>/<sha256>.png``, the decoded pixels as PNG (EXIF
+orientation applied, the rest of the metadata, GPS included, dropped), written atomically; the name is the
+content's hash, so an image uploaded twice with one label is one file and one row. The batch is listed in
+``UPLOADS/batch-<time>-<id>.csv`` (``path,label``, paths relative to ``UPLOADS``), and that
 manifest is appended with :func:`edgedml.retrieval.index.build_index` (``mode="append"``): the same
 embedding, resume and atomic commit as the CLI's, recorded in the index's gallery history.
 """
@@ -26,7 +27,6 @@ from edgedml.errors import ConfigError
 from edgedml.io import write_with
 from edgedml.retrieval.index import IndexSummary, build_index
 
-UPLOADS_DIR = "uploads"
 # A label names a folder: letters, digits, and . _ - or space inside, never a path.
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._ -]{0,62}[A-Za-z0-9_-])?")
 
@@ -42,9 +42,9 @@ def check_label(label: str) -> str:
     return label
 
 
-def store_uploads(index_dir: Path, images: list[np.ndarray], label: str) -> list[Path]:
+def store_uploads(uploads: Path, images: list[np.ndarray], label: str) -> list[Path]:
     """Write each (H, W, 3) uint8 image as ``uploads/<label>/<sha256>.png``; their paths, in order."""
-    folder = index_dir / UPLOADS_DIR / check_label(label)
+    folder = uploads / check_label(label)
     paths = []
     for image in images:
         buffer = io.BytesIO()
@@ -57,9 +57,8 @@ def store_uploads(index_dir: Path, images: list[np.ndarray], label: str) -> list
     return paths
 
 
-def write_batch_manifest(index_dir: Path, paths: list[Path], label: str) -> Path:
+def write_batch_manifest(uploads: Path, paths: list[Path], label: str) -> Path:
     """``uploads/batch-<UTC time>-<id>.csv`` listing ``paths`` (relative to ``uploads/``) with ``label``."""
-    uploads = index_dir / UPLOADS_DIR
     manifest = uploads / f"batch-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}.csv"
 
     def writer(tmp: Path) -> None:
@@ -73,15 +72,20 @@ def write_batch_manifest(index_dir: Path, paths: list[Path], label: str) -> Path
 
 
 def append_uploads(
-    index_dir: Path,
+    location: str,
+    uploads: Path,
     model: Path,
     images: list[np.ndarray],
     label: str,
     runtime: str | None = None,
     device: str = "cpu",
+    collection: str | None = None,
 ) -> IndexSummary:
-    """Store ``images`` under ``label`` and append them to the index in ``index_dir`` (a new generation)."""
+    """Store ``images`` under ``label`` in ``uploads`` and append them to the index at ``location`` (a FAISS
+    folder, or a Milvus URI with ``collection``): a new generation."""
     label = check_label(label)
-    paths = store_uploads(index_dir, images, label)
-    manifest = write_batch_manifest(index_dir, paths, label)
-    return build_index(model, str(manifest), index_dir, mode="append", runtime=runtime, device=device)
+    paths = store_uploads(uploads, images, label)
+    manifest = write_batch_manifest(uploads, paths, label)
+    return build_index(
+        model, str(manifest), location, mode="append", runtime=runtime, device=device, collection=collection
+    )
