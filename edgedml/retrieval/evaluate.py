@@ -149,8 +149,6 @@ def evaluate_model(
     path = Path(model)
     settings = Rerank.parse(rerank)
     check_backend(backend, uri)
-    if split not in SPLIT_NAMES:
-        raise ConfigError(f"--split {split!r} is not one of {', '.join(SPLIT_NAMES)}")
     if path.is_dir() and runtime in (None, "torch") and settings.method == "none" and backend == "faiss":
         return evaluate_run(path, data=data, split=split, checkpoint=checkpoint, device=device)
     evaluation = evaluate_embedded(

@@ -1,9 +1,10 @@
 """The served index, generation by generation: a new generation committed is picked up without a restart.
 
 An index changes only by a commit (``edgedml.retrieval.store``): a FAISS folder by replacing ``index.json``
-atomically, a Milvus collection by switching its alias or listing a new partition. One look at the commit point
-per request (:meth:`GalleryIndex.stamp`: a ``stat`` of index.json; Milvus: the collection behind the alias and
-its generation) tells whether a new generation was committed. The new
+atomically, a Milvus collection by switching its alias or listing a new partition. A look at the commit point
+(:meth:`GalleryIndex.stamp`: a ``stat`` of index.json; Milvus: the collection behind the alias and its
+generation, round trips to the server) at most every ``STAMP_SECONDS``, by the request that finds the last
+look older, tells whether a new generation was committed. The new
 generation is then loaded in a background thread while requests go on with the one they hold; the
 reference to the current :class:`Generation` is swapped under a lock once the new one is fully read.
 A request takes one :class:`Generation` when it starts and uses only that object to the end: no
@@ -32,6 +33,7 @@ from edgedml.retrieval.store import GalleryIndex, Stamp
 
 log = logging.getLogger(__name__)
 
+STAMP_SECONDS = 0.2  # how stale a served generation may be: not a look at the commit point per request
 LOAD_ATTEMPTS = 5
 RETRY_SECONDS = 0.05
 NO_STAMP: Stamp = (0, 0, 0)
@@ -80,6 +82,7 @@ class LiveIndex:
         self._lock = threading.Lock()
         self._loading = False
         self._refused: Stamp | None = None  # a generation that cannot be served (another model): not retried
+        self._looked = time.monotonic()  # when the commit point was last looked at
         self.stale: str | None = None  # why a newer generation on disk is not served
 
     @classmethod
@@ -91,7 +94,12 @@ class LiveIndex:
         return cls(location, model, Generation(index, names, index.opened or NO_STAMP), device, collection)
 
     def current(self) -> Generation:
-        """The generation to serve a request with; starts loading a newer one if ``index.json`` changed."""
+        """The generation to serve a request with; starts loading a newer one if the commit point changed
+        (looked at when the last look is ``STAMP_SECONDS`` old)."""
+        now = time.monotonic()
+        if now - self._looked < STAMP_SECONDS:
+            return self._generation
+        self._looked = now
         stamp = self._stamp()
         if stamp is not None and stamp != self._generation.stamp and stamp != self._refused:
             self._start_load()
